@@ -1,0 +1,101 @@
+"""Counter-based, batched augmentation on the training device.
+
+Every random number is a pure function of (run key, epoch, sample index, stream): no RNG state
+anywhere. So a sample's view does not depend on batch order, batch size or the number of ranks;
+stage one can compute a teacher's logits for exactly the view a student will see (the replay
+cache); and a whole training step can be captured in a CUDA graph.
+
+The policy follows the reference's CIFAR transform: RandomCrop(32, padding=4) ->
+RandomHorizontalFlip -> RandomRotation(15, nearest, fill 0) -> Normalize. All three geometric
+steps are composed into one inverse map and applied as a single integer gather, so the uint8
+pixels are never interpolated (as with PIL's nearest rotation).
+
+Bump AUG_VERSION whenever any output changes; tests pin golden vectors of each version.
+"""
+import hashlib
+from dataclasses import dataclass
+
+import torch
+
+AUG_VERSION = 1
+
+# Streams keep the random numbers of different decisions independent.
+ORDER, CROP_Y, CROP_X, FLIP, ANGLE = range(5)
+_MASK = 0xFFFFFFFF
+
+
+@dataclass(frozen=True)
+class AugmentSpec:
+    pad: int = 4          # random crop with this much zero padding (0 = no crop)
+    flip: bool = True     # random horizontal flip
+    rotate: float = 15.0  # random rotation in [-rotate, +rotate] degrees (0 = none)
+
+
+def run_key(seed, identity):
+    """A 32-bit key from the seed and the run's identity (experiment name and role)."""
+    digest = hashlib.sha256(f"{int(seed)}/{identity}".encode()).digest()
+    return int.from_bytes(digest[:4], "little")
+
+
+def _mix(x):
+    # A 32-bit integer hash (xorshift-multiply rounds) on int64 tensors holding uint32 values.
+    # Multipliers stay below 2**31 so products never overflow int64: identical on CPU and GPU.
+    for mult in (0x7FEB352D, 0x2C1B3C6D, 0x297A2D39):
+        x = x ^ (x >> 16)
+        x = (x * mult) & _MASK
+    return x ^ (x >> 16)
+
+
+def uniform(key, epoch, index, stream):
+    """U[0,1) float32 for each sample index (an int64 tensor): a pure function of its arguments."""
+    head = (int(key) ^ (int(epoch) * 0x9E3779B1) ^ (int(stream) * 0x85EBCA77)) & _MASK
+    h = _mix(torch.full_like(index, head, dtype=torch.int64))
+    h = _mix(h ^ (index.to(torch.int64) & _MASK))
+    return (h >> 8).to(torch.float32) * (1.0 / (1 << 24))  # 24 bits: exact in float32
+
+
+def epoch_order(key, epoch, n, device="cpu"):
+    """The epoch's sample order: a permutation that depends only on (key, epoch, n)."""
+    idx = torch.arange(n, device=device)
+    # Stable sort: the rare equal keys keep index order, the same on every device.
+    return torch.sort(uniform(key, epoch, idx, ORDER), stable=True).indices
+
+
+def views(images, index, key, epoch, spec):
+    """Augmented uint8 views [B,H,W,C] of images[index] (images: uint8 [N,H,W,C] on the device)."""
+    src = images[index]
+    b, h, w, c = src.shape
+    dev = src.device
+    rows = torch.arange(h, device=dev, dtype=torch.float32).view(1, h, 1)
+    cols = torch.arange(w, device=dev, dtype=torch.float32).view(1, 1, w)
+    # Inverse of the rotation about the image centre: output pixel -> pixel of the flipped crop.
+    if spec.rotate:
+        theta = (uniform(key, epoch, index, ANGLE) * 2 - 1) * (spec.rotate * torch.pi / 180)
+        cos, sin = torch.cos(theta).view(b, 1, 1), torch.sin(theta).view(b, 1, 1)
+        cy, cx = (h - 1) / 2, (w - 1) / 2
+        dy, dx = rows - cy, cols - cx
+        r = torch.round(cos * dy - sin * dx + cy).to(torch.int64)
+        q = torch.round(sin * dy + cos * dx + cx).to(torch.int64)
+    else:
+        r = rows.to(torch.int64).expand(b, h, w)
+        q = cols.to(torch.int64).expand(b, h, w)
+    valid = (r >= 0) & (r < h) & (q >= 0) & (q < w)  # rotation fills with 0 outside the crop
+    if spec.flip:
+        flip = (uniform(key, epoch, index, FLIP) < 0.5).view(b, 1, 1)
+        q = torch.where(flip, w - 1 - q, q)
+    if spec.pad:
+        span = 2 * spec.pad + 1
+        oy = (uniform(key, epoch, index, CROP_Y) * span).to(torch.int64).view(b, 1, 1) - spec.pad
+        ox = (uniform(key, epoch, index, CROP_X) * span).to(torch.int64).view(b, 1, 1) - spec.pad
+        r, q = r + oy, q + ox
+        valid &= (r >= 0) & (r < h) & (q >= 0) & (q < w)  # zero padding outside the image
+    flat = (r.clamp(0, h - 1) * w + q.clamp(0, w - 1)).view(b, h * w, 1).expand(b, h * w, c)
+    out = torch.gather(src.view(b, h * w, c), 1, flat).view(b, h, w, c)
+    return out * valid.unsqueeze(-1).to(out.dtype)
+
+
+def normalize(images, mean, std, channels_last=False):
+    """uint8 [B,H,W,C] -> normalised float32 [B,C,H,W] (mean/std: float tensors of shape [C])."""
+    x = images.permute(0, 3, 1, 2).float().div_(255)
+    x = (x - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1)
+    return x.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)

@@ -1,0 +1,172 @@
+"""Stage one's output: a teacher's per-sample logits in HDF5, indexed by dataset sample index.
+
+    logits   clean: [N, K]; replay: [E, N, K]   float16, chunked by rows
+    labels   [N] int64                          the training labels, to check alignment
+    attrs    see ATTRS: what makes a wrong pairing impossible to miss
+
+`clean` holds one vector per un-augmented training image; `replay` holds logits[epoch, sample]
+for exactly the augmented view a given student run sees in that epoch (augment.py is a pure
+function of the student's run key, epoch and sample index), so distilling from it equals online
+KD with the teacher's logits rounded to float16.
+"""
+import hashlib
+import json
+import os
+
+import h5py
+import numpy as np
+import torch
+
+from . import __version__, augment
+from .errors import TfkdError
+from .files import atomic_path
+from .models import build_model
+
+SCHEMA_VERSION = 1
+ATTRS = ("schema_version", "dataset", "dataset_fingerprint", "num_classes", "num_samples",
+         "teacher_model", "teacher_width", "checkpoint_path", "checkpoint_sha256", "checkpoint_epoch",
+         "checkpoint_choice", "teacher_test_acc", "view_policy", "aug_version", "aug_spec",
+         "run_key", "epochs", "seed", "params", "package_version")
+ROWS_PER_CHUNK = 1024
+
+
+def sha256_file(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def load_teacher(path, model_name, width, num_classes, in_channels):
+    """A teacher model from one of our checkpoints, the reference's .pth.tar (key 'state_dict',
+    maybe 'module.'-prefixed) or a plain state_dict. Returns (model in eval mode, checkpoint dict)."""
+    if not os.path.exists(path):
+        raise TfkdError(f"teacher checkpoint {path} not found: train the teacher first (tfkd train) "
+                        f"or give the path of an existing checkpoint")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise TfkdError(f"teacher checkpoint {path} cannot be read ({type(e).__name__}): "
+                        f"it is truncated or not a PyTorch checkpoint")
+    if not isinstance(ckpt, dict):
+        raise TfkdError(f"teacher checkpoint {path} holds a {type(ckpt).__name__}, not a state_dict")
+    state = ckpt.get("model", ckpt.get("state_dict", ckpt))
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    if "model_name" in ckpt and ckpt["model_name"] != model_name:
+        raise TfkdError(f"teacher checkpoint {path} is a {ckpt['model_name']}, not a {model_name}: "
+                        f"fix the teacher's model name")
+    model = build_model(model_name, num_classes, in_channels=in_channels, width=width)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        detail = " ".join(str(e).split())[:300]
+        raise TfkdError(f"teacher checkpoint {path} does not fit {model_name} (width {width}, "
+                        f"{num_classes} classes): wrong architecture, width or class count ({detail})")
+    return model.eval(), ckpt
+
+
+@torch.no_grad()
+def _teacher_logits(model, ddata, index, views_of):
+    from .train import forward
+    return forward(model, views_of(index)).to(torch.float16).cpu().numpy()
+
+
+def write(path, model, ddata, policy, attrs, run_key=0, epochs=1, spec=None, batch_size=1024, log=print):
+    """Run `model` (eval mode) over the training set and write the cache atomically.
+
+    clean: one un-augmented view per sample; replay: the student's views of epochs 0..epochs-1.
+    """
+    model.eval()
+    data, device = ddata.data, ddata.device
+    n, k = len(data.y_train), data.num_classes
+    shape = (n, k) if policy == "clean" else (epochs, n, k)
+    chunks = (min(n, ROWS_PER_CHUNK), k) if policy == "clean" else (1, min(n, ROWS_PER_CHUNK), k)
+    attrs = dict(attrs, schema_version=SCHEMA_VERSION, dataset=data.name,
+                 dataset_fingerprint=data.fingerprint, num_classes=k, num_samples=n,
+                 view_policy=policy, aug_version=augment.AUG_VERSION,
+                 aug_spec=json.dumps(vars(spec) if spec else {}, sort_keys=True),
+                 run_key=int(run_key), epochs=int(epochs if policy == "replay" else 0),
+                 package_version=__version__)
+    clean_views = lambda idx: ddata.inputs(ddata.x_train[idx])  # noqa: E731
+    with atomic_path(path) as tmp:
+        with h5py.File(tmp, "w") as f:
+            f.create_dataset("labels", data=data.y_train.astype(np.int64), track_times=False)
+            ds = f.create_dataset("logits", shape=shape, dtype=np.float16, chunks=chunks, track_times=False)
+            for epoch in range(shape[0] if policy == "replay" else 1):
+                views_of = clean_views if policy == "clean" else (
+                    lambda idx, e=epoch: ddata.view(idx, run_key, e, spec))
+                rows = np.empty((n, k), np.float16)
+                for i in range(0, n, batch_size):
+                    index = torch.arange(i, min(i + batch_size, n), device=device)
+                    rows[i:i + len(index)] = _teacher_logits(model, ddata, index, views_of)
+                if policy == "clean":
+                    ds[...] = rows
+                else:
+                    ds[epoch] = rows
+                    if (epoch + 1) % max(1, epochs // 10) == 0 or epoch + 1 == epochs:
+                        log(f"  cache {os.path.basename(path)}: epoch {epoch + 1}/{epochs}")
+            for key in ATTRS:
+                if key in attrs:
+                    f.attrs[key] = attrs[key]
+    return path
+
+
+def read_attrs(path):
+    try:
+        with h5py.File(path, "r") as f:
+            return {k: (v.item() if hasattr(v, "item") else v) for k, v in f.attrs.items()}
+    except FileNotFoundError:
+        raise TfkdError(f"cache {path} not found: run 'tfkd cache' for it first")
+    except OSError as e:
+        raise TfkdError(f"cache {path} is truncated or corrupt ({str(e).splitlines()[0][:80]}): "
+                        f"delete it and rerun 'tfkd cache'")
+
+
+def load(path, data, policy, num_classes, run_key=None, epochs=None, spec=None):
+    """The cache's logits as a float16 array, after checking it belongs with this dataset and run."""
+    attrs = read_attrs(path)
+    name = os.path.basename(path)
+
+    def refuse(what, fix):
+        raise TfkdError(f"cache {path}: {what}; {fix}")
+
+    if attrs.get("schema_version") != SCHEMA_VERSION:
+        refuse(f"schema version {attrs.get('schema_version')} is not {SCHEMA_VERSION}", "rerun 'tfkd cache'")
+    if attrs.get("dataset_fingerprint") != data.fingerprint:
+        refuse(f"made from dataset {attrs.get('dataset')!r} (fingerprint {str(attrs.get('dataset_fingerprint'))[:12]}), "
+               f"not {data.name!r} ({data.fingerprint[:12]})", "rerun 'tfkd cache' on this dataset")
+    if attrs.get("num_classes") != num_classes:
+        refuse(f"has {attrs.get('num_classes')} classes, the student {num_classes}", "use a matching cache")
+    if attrs.get("view_policy") != policy:
+        refuse(f"view policy is {attrs.get('view_policy')!r}, this run wants {policy!r}",
+               "rerun 'tfkd cache' with the run's cache_policy")
+    if policy == "replay":
+        if attrs.get("run_key") != run_key:
+            refuse("was made for another student run (run key differs)", "rerun 'tfkd cache' for this experiment")
+        if attrs.get("aug_version") != augment.AUG_VERSION or attrs.get("aug_spec") != json.dumps(vars(spec), sort_keys=True):
+            refuse("was made with another augmentation", "rerun 'tfkd cache'")
+        if attrs.get("epochs", 0) < epochs:
+            refuse(f"covers {attrs.get('epochs')} epochs, the run needs {epochs}", "rerun 'tfkd cache'")
+    try:
+        with h5py.File(path, "r") as f:
+            labels, logits = f["labels"][...], f["logits"][...]
+    except (OSError, KeyError) as e:
+        refuse(f"cannot be read ({str(e).splitlines()[0][:80]})", "delete it and rerun 'tfkd cache'")
+    if labels.shape != data.y_train.shape or not np.array_equal(labels, data.y_train):
+        refuse("labels do not match the dataset's training labels", f"the cache {name} belongs to other data")
+    if logits.shape[-2:] != (len(data.y_train), num_classes):
+        refuse(f"logits have shape {logits.shape}", "rerun 'tfkd cache'")
+    return logits, attrs
+
+
+class CacheTeacher:
+    """Teacher logits looked up by (epoch, sample index) from a cache resident on the device."""
+
+    def __init__(self, logits, device):
+        self.logits_table = torch.from_numpy(logits).to(device)
+        self.replay = self.logits_table.dim() == 3
+
+    def logits(self, epoch, index, x=None):
+        table = self.logits_table[epoch] if self.replay else self.logits_table
+        return table[index].float()

@@ -1,0 +1,214 @@
+"""`tfkd`: one click group, one subcommand per pipeline stage (see `tfkd --help`)."""
+import os
+import sys
+import traceback
+
+import click
+
+from . import __version__
+from .errors import TfkdError
+
+PARAMS = click.option("--params", "params_path", default="params.yaml", show_default=True,
+                      type=click.Path(dir_okay=False), help="The experiment matrix to read.")
+SEEDS = click.option("--seed", "seeds", type=int, multiple=True,
+                     help="Run only this seed (repeatable); default: every seed in params.yaml.")
+DEVICE = click.option("--device", default="auto", show_default=True,
+                      help="auto (CUDA if present, else CPU), cpu, cuda or cuda:N.")
+OVERWRITE = click.option("--overwrite", is_flag=True,
+                         help="Replace a run made with other settings (never done silently).")
+
+
+class Group(click.Group):
+    """Turns TfkdError into one line on stderr and exit status 2 (tracebacks only with --debug)."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except TfkdError as e:
+            if ctx.obj and ctx.obj.get("debug"):
+                traceback.print_exc()
+            click.echo(f"tfkd: error: {e}", err=True)
+            sys.exit(2)
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException, SystemExit):
+            raise
+        except KeyboardInterrupt:
+            click.echo("tfkd: interrupted; rerun the same command to resume from the last checkpoint", err=True)
+            sys.exit(130)
+        except Exception as e:
+            if ctx.obj and ctx.obj.get("debug"):
+                raise
+            click.echo(f"tfkd: error: {type(e).__name__}: {e} (rerun with --debug for the traceback)", err=True)
+            sys.exit(1)
+
+
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="tfkd")
+@click.option("--debug", is_flag=True, help="Show Python tracebacks on errors.")
+@click.pass_context
+def main(ctx, debug):
+    """tfkd: the experiments of "Revisiting Knowledge Distillation via Label Smoothing
+    Regularization" (Yuan et al., CVPR 2020) as a two-stage logit-cache pipeline.
+
+    \b
+    Stage one: `train` every teacher once (its run is also the baseline and, through
+    checkpoints after epochs 1 and 50, the defective teachers), then `cache` its logits.
+    Stage two: `distill` students from the cached logits; no teacher network is loaded.
+    Experiments live in params.yaml; `dvc repro` runs them all, each stage is a subcommand.
+    """
+    ctx.ensure_object(dict)["debug"] = debug
+
+
+def _params(path):
+    from .config import Params
+    return Params.load(path)
+
+
+def _device(name):
+    from .train import pick_device
+    return pick_device(name)
+
+
+@main.command()
+@click.argument("kind", required=False)
+@click.option("--source", type=click.Path(), help="npz file, Tiny-ImageNet folder or download folder.")
+@click.option("--name", help="Name of the prepared dataset (default: KIND), e.g. cifar100 for an npz import.")
+@click.option("--out", type=click.Path(dir_okay=False), help="Output file (default data/prepared/NAME.npz).")
+@PARAMS
+def prepare(kind, source, name, out, params_path):
+    """Turn a dataset into uint8 arrays + labels + class names + a fingerprint.
+
+    \b
+    KIND: embedded (the committed CIFAR-100 subset), cifar100, cifar10 (torchvision download),
+    npz (--source FILE with x_train, y_train, x_test, y_test), tinyimagenet (--source the
+    tiny-imagenet-200 folder as distributed). Without KIND: the active profile's dataset.
+    Offline CIFAR-100:  tfkd prepare npz --source cifar100.npz --name cifar100
+    """
+    from . import data, stages
+    if kind is None:
+        p = _params(params_path)
+        kind, source = p.dataset, source or p.profile.get("source")
+        if kind not in data.KNOWN:  # a named npz import, e.g. dataset: cifar100 with source: x.npz
+            kind, name = "npz", kind
+        elif kind == "cifar100" and source and str(source).endswith(".npz"):
+            kind, name = "npz", "cifar100"
+    name = name or kind
+    out = out or stages.prepared_path(name)
+    ds = data.prepare(kind, out, source=source, name=name)
+    click.echo(f"prepared {ds.name}: {len(ds.y_train)} train / {len(ds.y_test)} test images, "
+               f"{ds.image_size}x{ds.image_size}x{ds.channels}, {ds.num_classes} classes, "
+               f"fingerprint {ds.fingerprint[:12]} -> {out}")
+
+
+@main.command()
+@click.argument("experiment")
+@SEEDS
+@PARAMS
+@DEVICE
+@OVERWRITE
+def train(experiment, seeds, params_path, device, overwrite):
+    """Train EXPERIMENT (a `train:` entry of params.yaml) from scratch: baseline CE, label
+    smoothing (method: lsr) or Tf-KD reg (method: reg).
+
+    Keeps the checkpoints named in `checkpoints` (default after epochs 1 and 50: the defective
+    teachers), the final and the best-on-test one, each with optimizer and RNG state; resumes
+    from runs/EXPERIMENT/s<seed>/last.pt when interrupted. Writes metrics.json (results only),
+    timing.json and history.tsv per seed, and runs/EXPERIMENT.json over seeds.
+    """
+    from . import stages
+    p = _params(params_path)
+    if p.role_of(experiment) != "train":
+        raise TfkdError(f"{experiment} is a distill experiment: run 'tfkd cache {experiment}' then "
+                        f"'tfkd distill {experiment}'")
+    stages.train(p, experiment, seeds, _device(device), overwrite)
+
+
+@main.command("cache")
+@click.argument("experiment", required=False)
+@SEEDS
+@PARAMS
+@DEVICE
+@click.option("--checkpoint", type=click.Path(dir_okay=False),
+              help="Without EXPERIMENT: any teacher checkpoint (ours, the reference's .pth.tar or a state_dict).")
+@click.option("--model", help="With --checkpoint: the teacher's architecture.")
+@click.option("--width", type=float, default=1.0, show_default=True, help="With --checkpoint: width multiplier.")
+@click.option("--data", "data_path", type=click.Path(dir_okay=False), help="With --checkpoint: a prepared dataset.")
+@click.option("--out", type=click.Path(dir_okay=False), help="With --checkpoint: the cache file to write.")
+@OVERWRITE
+def cache_cmd(experiment, seeds, params_path, device, checkpoint, model, width, data_path, out, overwrite):
+    """Write a teacher's per-sample logits to HDF5 (stage one's output).
+
+    \b
+    tfkd cache EXPERIMENT      for a distill entry: its teacher checkpoint -> cache/EXPERIMENT/s<seed>.h5,
+                               with the entry's cache_policy: 'replay' (logits of exactly the
+                               student's augmented view of every epoch: equals online KD) or
+                               'clean' (one vector per un-augmented image: cheaper, approximate).
+    tfkd cache --checkpoint FILE --model M --data data/prepared/X.npz --out cache/NAME.h5
+                               any external checkpoint -> a clean cache.
+    """
+    from . import stages
+    dev = _device(device)
+    if experiment:
+        stages.make_cache(_params(params_path), experiment, seeds, dev)
+        return
+    missing = [f"--{n}" for n, v in (("checkpoint", checkpoint), ("model", model), ("data", data_path), ("out", out)) if not v]
+    if missing:
+        raise TfkdError(f"give an EXPERIMENT, or {' '.join(missing)} for an external checkpoint")
+    if os.path.exists(out) and not overwrite:
+        raise TfkdError(f"{out} exists; pass --overwrite to replace it")
+    from . import cache, data
+    from .train import DeviceData
+    ddata = DeviceData(data.load(data_path), dev)
+    teacher, ckpt = cache.load_teacher(checkpoint, model, width, ddata.data.num_classes, ddata.data.channels)
+    attrs = stages.describe_teacher(teacher.to(dev), ddata, checkpoint, ckpt, model, width, "external", 0, {})
+    cache.write(out, teacher, ddata, "clean", attrs)
+    click.echo(f"wrote {out} (teacher {model}, test {attrs['teacher_test_acc']:.2f}%)")
+
+
+@main.command()
+@click.argument("experiment")
+@SEEDS
+@PARAMS
+@DEVICE
+@OVERWRITE
+def distill(experiment, seeds, params_path, device, overwrite):
+    """Train the student of EXPERIMENT (a `distill:` entry) from its cache: normal KD, Re-KD,
+    De-KD or Tf-KD self; they differ only in the teacher the entry names.
+
+    \b
+    Loss (loss_form: reference, the default, as the reference code computed it):
+        (1-alpha)*CE + alpha*T^2*multiplier*KLDivLoss_mean(log_softmax(s/T), softmax(t/T))
+    where KLDivLoss_mean divides by batch x classes. loss_form: paper uses the per-sample KL
+    with no T^2 and no multiplier (Eq. 3): the reference's alpha/T/multiplier do not carry over.
+    The cache is checked against the dataset and the run before the first step.
+    """
+    from . import stages
+    p = _params(params_path)
+    if p.role_of(experiment) != "distill":
+        raise TfkdError(f"{experiment} is a train experiment: run 'tfkd train {experiment}'")
+    stages.train(p, experiment, seeds, _device(device), overwrite)
+
+
+@main.command()
+@PARAMS
+@click.option("--runs", "runs_dir", default="runs", show_default=True, type=click.Path(file_okay=False),
+              help="Where runs/<exp>.json and runs/<exp>.tsv are.")
+@click.option("--out", "out_dir", default="runs", show_default=True, type=click.Path(file_okay=False),
+              help="Where to write results.md, results.json and results.png.")
+def report(params_path, runs_dir, out_dir):
+    """Set every experiment of params.yaml beside the paper's CIFAR-100 number.
+
+    \b
+    Writes, atomically:
+      results.md    the paper's tables: best and final top-1 (mean ± std over seeds), the
+                    paper's number, best − paper, the gain over the model's baseline;
+                    runs that are missing show as "not run", never as zero
+      results.json  the same rows as data (dvc metrics show)
+      results.png   test-accuracy curves per model, and each method's gain vs the paper's
+    A header says when the active profile (subset, epochs, width) makes the numbers
+    NOT comparable with the paper. Reads only params.yaml and runs/; needs no GPU.
+    """
+    from .report import write_report
+    rep = write_report(params_path, runs_dir, out_dir)
+    click.echo(rep["paths"]["md"])
+    click.echo(f"{rep['measured']} experiments measured, {rep['missing']} missing (profile {rep['profile']}"
+               + (", NOT comparable with the paper)" if rep["not_comparable"] else ")"))

@@ -1,0 +1,249 @@
+"""params.yaml -> validated, fully resolved settings for one run. The one source of truth.
+
+Layout of params.yaml:
+    profile: smoke                 # which entry of `profiles` is active (dvc exp run -S profile=paper)
+    profiles: {NAME: {dataset, source, epochs, width, checkpoints, only}}
+    seeds: [230]                   # every experiment runs once per seed
+    defaults: {...}                # the reference recipe; any experiment may override a key
+    train:   {EXP: {model, method: ce|lsr|reg, ...}}        # models trained from scratch
+    distill: {EXP: {model, teacher: TRAIN_EXP, ...}}        # students trained from a cache
+
+Unknown keys are errors (with a suggestion), never silently ignored.
+"""
+import difflib
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field, fields
+
+import yaml
+
+from .augment import AugmentSpec
+from .errors import TfkdError
+from .losses import FORMS
+
+TOP_KEYS = ("profile", "profiles", "seeds", "defaults", "train", "distill")
+PROFILE_KEYS = ("dataset", "source", "epochs", "width", "checkpoints", "only", "note")
+RESERVED_NAMES = ("results",)
+POLICIES = ("clean", "replay")
+
+
+@dataclass
+class RunConfig:
+    """Everything that decides a run's numbers (and nothing that does not, e.g. the device)."""
+    name: str
+    role: str                      # train | distill
+    model: str
+    method: str = "ce"             # ce | lsr | reg | kd
+    seed: int = 230
+    dataset: str = "embedded"
+    width: float = 1.0
+    epochs: int = 200
+    batch_size: int = 128
+    lr: float = 0.1                # the reference's learning_rate; the step size is lr * batch/128
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    warmup_epochs: int = 1
+    milestones: tuple = (0.3, 0.6, 0.8)   # fractions of the epochs: 60/120/160 of 200
+    gamma: float = 0.2
+    alpha: float = 0.0
+    temperature: float = 1.0
+    multiplier: float = 1.0
+    label_smoothing: float = 0.1
+    correct_prob: float = 0.99
+    loss_form: str = "reference"
+    augment: dict = field(default_factory=lambda: asdict(AugmentSpec()))
+    checkpoints: dict = field(default_factory=lambda: {"one_epoch": 1, "fifty_epoch": 50})
+    teacher: str = ""              # distill: the train experiment whose run teaches
+    teacher_checkpoint: str = "final"  # final | best | a name in `checkpoints` | an epoch number
+    cache_policy: str = "replay"   # clean | replay
+    eval_batch_size: int = 1000
+    note: str = ""                 # why an entry differs from the reference config (documentation)
+
+    @property
+    def step_lr(self):
+        return self.lr * self.batch_size / 128
+
+    @property
+    def milestone_epochs(self):
+        return sorted({max(1, round(f * self.epochs)) for f in self.milestones})
+
+    @property
+    def save_epochs(self):
+        """Epochs after which a checkpoint is kept: the named ones (capped at the end) and the last."""
+        return sorted({min(int(e), self.epochs) for e in self.checkpoints.values()} | {self.epochs})
+
+    @property
+    def aug_spec(self):
+        return AugmentSpec(**self.augment)
+
+    @property
+    def identity(self):
+        """Seeds the run key: a student never replays its teacher's own training views."""
+        return f"{self.role}/{self.name}"
+
+    def to_dict(self):
+        d = asdict(self)
+        d["milestones"] = list(self.milestones)
+        return d
+
+    def digest(self):
+        """Hash of everything that decides the run's numbers: resume only into the same run."""
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+
+    def validate(self):
+        where = f"{self.role}.{self.name}"
+        checks = [
+            (self.epochs >= 1, "epochs", "must be >= 1"),
+            (self.batch_size >= 1, "batch_size", "must be >= 1"),
+            (self.lr > 0, "lr", "must be > 0"),
+            (self.width > 0, "width", "must be > 0"),
+            (0 <= self.alpha <= 1, "alpha", "must be in [0, 1]"),
+            (self.temperature > 0, "temperature", "must be > 0"),
+            (self.multiplier > 0, "multiplier", "must be > 0"),
+            (0 <= self.label_smoothing < 1, "label_smoothing", "must be in [0, 1)"),
+            (0 < self.correct_prob <= 1, "correct_prob", "must be in (0, 1]"),
+            (self.loss_form in FORMS, "loss_form", f"must be one of {', '.join(FORMS)}"),
+            (self.cache_policy in POLICIES, "cache_policy", f"must be one of {', '.join(POLICIES)}"),
+            (self.warmup_epochs >= 0, "warmup_epochs", "must be >= 0"),
+            (all(0 < f < 1 for f in self.milestones), "milestones", "must be fractions in (0, 1)"),
+            (all(int(e) >= 1 for e in self.checkpoints.values()), "checkpoints", "epochs must be >= 1"),
+            (self.eval_batch_size >= 1, "eval_batch_size", "must be >= 1"),
+        ]
+        for ok, key, why in checks:
+            if not ok:
+                raise TfkdError(f"params.yaml {where}: {key} = {getattr(self, key)!r} {why}")
+        methods = ("kd",) if self.role == "distill" else ("ce", "lsr", "reg")
+        if self.method not in methods:
+            raise TfkdError(f"params.yaml {where}: unknown method {self.method!r} for a {self.role} "
+                            f"experiment; use one of: {', '.join(methods)}")
+        unknown = set(self.augment) - {f.name for f in fields(AugmentSpec)}
+        if unknown:
+            raise TfkdError(f"params.yaml {where}: unknown augment key {sorted(unknown)[0]!r}; "
+                            f"known: {', '.join(f.name for f in fields(AugmentSpec))}")
+        if self.role == "distill":
+            tc = self.teacher_checkpoint
+            if not (tc in ("final", "best") or tc in self.checkpoints or str(tc).isdigit()):
+                raise TfkdError(f"params.yaml {where}: teacher_checkpoint {tc!r} is unknown; use final, "
+                                f"best, an epoch number or one of: {', '.join(self.checkpoints)}")
+        return self
+
+
+RUN_KEYS = tuple(f.name for f in fields(RunConfig) if f.name not in ("name", "role", "seed"))
+
+
+def _unknown(key, known, where):
+    close = difflib.get_close_matches(str(key), known, n=1)
+    hint = f"did you mean {close[0]!r}?" if close else f"known keys: {', '.join(known)}"
+    return TfkdError(f"params.yaml {where}: unknown key {key!r}; {hint}")
+
+
+def _check_keys(d, known, where):
+    if not isinstance(d, dict):
+        raise TfkdError(f"params.yaml {where}: expected a mapping, got {type(d).__name__}")
+    for key in d:
+        if key not in known:
+            raise _unknown(key, known, where)
+
+
+@dataclass
+class Params:
+    raw: dict
+    path: str = "params.yaml"
+
+    @classmethod
+    def load(cls, path="params.yaml"):
+        try:
+            with open(path) as f:
+                raw = yaml.safe_load(f) or {}
+        except FileNotFoundError:
+            raise TfkdError(f"{path} not found: run from the project root or pass --params PATH")
+        except yaml.YAMLError as e:
+            raise TfkdError(f"{path} is not valid YAML: {str(e).splitlines()[0]}")
+        p = cls(raw, path)
+        p.validate()
+        return p
+
+    def validate(self):
+        r = self.raw
+        _check_keys(r, TOP_KEYS, "top level")
+        for name, prof in (r.get("profiles") or {}).items():
+            _check_keys(prof, PROFILE_KEYS, f"profiles.{name}")
+        if self.profile_name not in (r.get("profiles") or {}):
+            raise TfkdError(f"params.yaml: profile {self.profile_name!r} is not in profiles "
+                            f"({', '.join(r.get('profiles') or {}) or 'none defined'})")
+        _check_keys(r.get("defaults") or {}, RUN_KEYS, "defaults")
+        seeds = r.get("seeds", [230])
+        if not (isinstance(seeds, list) and seeds and all(isinstance(s, int) for s in seeds)):
+            raise TfkdError("params.yaml: seeds must be a non-empty list of integers, e.g. [230]")
+        train, distill = r.get("train") or {}, r.get("distill") or {}
+        for role, group in (("train", train), ("distill", distill)):
+            for name, exp in group.items():
+                if name in RESERVED_NAMES or name in (distill if role == "train" else {}):
+                    raise TfkdError(f"params.yaml {role}.{name}: the name is reserved or used twice")
+                _check_keys(exp or {}, RUN_KEYS, f"{role}.{name}")
+                for seed in seeds:
+                    self.run(name, seed)
+        for name in self.profile.get("only") or []:
+            if name not in train and name not in distill:
+                raise TfkdError(f"params.yaml profiles.{self.profile_name}.only: no experiment {name!r}")
+
+    @property
+    def profile_name(self):
+        return self.raw.get("profile", "smoke")
+
+    @property
+    def profile(self):
+        return self.raw["profiles"][self.profile_name]
+
+    @property
+    def seeds(self):
+        return list(self.raw.get("seeds", [230]))
+
+    @property
+    def dataset(self):
+        return self.profile.get("dataset", "embedded")
+
+    def experiments(self, role=None):
+        roles = (role,) if role else ("train", "distill")
+        return [n for r in roles for n in (self.raw.get(r) or {})]
+
+    def role_of(self, name):
+        for role in ("train", "distill"):
+            if name in (self.raw.get(role) or {}):
+                return role
+        known = self.experiments()
+        close = difflib.get_close_matches(name, known, n=1)
+        raise TfkdError(f"no experiment {name!r} in {self.path}" +
+                        (f"; did you mean {close[0]!r}?" if close else f"; known: {', '.join(known)}"))
+
+    def selected(self, name):
+        only = self.profile.get("only")
+        return only is None or name in only
+
+    def run(self, name, seed):
+        """The resolved RunConfig of experiment `name` for one seed: defaults < profile < entry."""
+        role = self.role_of(name)
+        entry = dict(self.raw[role][name] or {})
+        merged = dict(self.raw.get("defaults") or {})
+        for key in ("dataset", "epochs", "width", "checkpoints"):
+            if key in self.profile:
+                merged[key] = self.profile[key]
+        merged.update(entry)
+        if "model" not in merged:
+            raise TfkdError(f"params.yaml {role}.{name}: no model given; add e.g. 'model: resnet18'")
+        if role == "distill":
+            merged.setdefault("method", "kd")
+            teacher = merged.get("teacher")
+            if teacher not in (self.raw.get("train") or {}):
+                raise TfkdError(f"params.yaml distill.{name}: teacher {teacher!r} is not a train "
+                                f"experiment; known: {', '.join(self.experiments('train'))}")
+        try:
+            cfg = RunConfig(name=name, role=role, seed=seed, **merged)
+        except TypeError as e:
+            raise TfkdError(f"params.yaml {role}.{name}: {e}")
+        if isinstance(cfg.milestones, list):
+            cfg.milestones = tuple(cfg.milestones)
+        try:
+            return cfg.validate()
+        except TypeError:
+            raise TfkdError(f"params.yaml {role}.{name}: a value has the wrong type (numbers expected)")

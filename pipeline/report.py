@@ -1,0 +1,273 @@
+"""`tfkd report`: every experiment of params.yaml beside the paper's number, as runs/results.md,
+runs/results.json (dvc metrics) and runs/results.png.
+
+Reads params.yaml with plain yaml and runs/<exp>.json / .tsv as `stages.write_summary` wrote them;
+imports neither torch nor pipeline.config, so it runs anywhere matplotlib does.
+"""
+import csv
+import datetime
+import json
+import math
+import os
+import statistics
+
+import yaml
+
+from . import paper
+from .errors import TfkdError
+from .files import atomic_path, write_text
+
+PAPER_SETTING = {"dataset": "cifar100", "epochs": 200, "width": 1.0}
+NUM_CLASSES = {"embedded": 20, "cifar100": 100, "cifar10": 10, "tinyimagenet": 200}
+DASH = "—"
+
+
+def load_params(path):
+    try:
+        with open(path) as f:
+            return yaml.safe_load(f) or {}
+    except FileNotFoundError:
+        raise TfkdError(f"{path} not found: run from the project root or pass --params PATH")
+
+
+def setting(raw):
+    """The active profile's name and the settings that decide comparability (defaults < profile)."""
+    name = raw.get("profile", "smoke")
+    prof = (raw.get("profiles") or {}).get(name)
+    if prof is None:
+        raise TfkdError(f"params.yaml: profile {name!r} is not in profiles")
+    merged = {**PAPER_SETTING, "loss_form": "reference", **(raw.get("defaults") or {})}
+    merged.update({k: prof[k] for k in ("dataset", "epochs", "width") if k in prof})
+    return {"profile": name, "dataset": merged["dataset"], "epochs": merged["epochs"],
+            "width": float(merged["width"]), "loss_form": merged["loss_form"],
+            "seeds": list(raw.get("seeds", [230])), "only": prof.get("only")}
+
+
+def not_comparable(s):
+    """Why the active profile's numbers cannot be set beside the paper's; None if they can."""
+    why = []
+    if s["dataset"] != "cifar100":
+        k = NUM_CLASSES.get(s["dataset"])
+        why.append(f"dataset `{s['dataset']}`" + (f" has K={k} classes" if k else "")
+                   + " (the paper: full CIFAR-100, K=100)")
+        if s["loss_form"] == "reference" and k != 100:
+            why.append("the reference's KL loss is averaged over batch x K classes, so a different K "
+                       "rescales the KD / reg terms: even the losses differ")
+    if s["epochs"] != PAPER_SETTING["epochs"]:
+        why.append(f"{s['epochs']} epochs (the paper: 200)")
+    if s["width"] != PAPER_SETTING["width"]:
+        why.append(f"width x{s['width']:g} (the paper: full-size models)")
+    return "; ".join(why) or None
+
+
+def mean_std(values):
+    """(mean, sample std) over seeds; std is None for a single seed, both None for none."""
+    if not values:
+        return None, None
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
+
+
+def read_run(runs_dir, name):
+    path = os.path.join(runs_dir, f"{name}.json")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def read_curve(runs_dir, name):
+    """Seed-mean test accuracy per epoch from runs/<name>.tsv: ([epochs], [acc]); empty if none."""
+    path = os.path.join(runs_dir, f"{name}.tsv")
+    if not os.path.exists(path):
+        return [], []
+    by_epoch = {}
+    with open(path) as f:
+        for row in csv.DictReader(f, delimiter="\t"):
+            by_epoch.setdefault(int(row["epoch"]), []).append(float(row["test_acc"]))
+    epochs = sorted(by_epoch)
+    return epochs, [statistics.fmean(by_epoch[e]) for e in epochs]
+
+
+def _sub(a, b):
+    return None if a is None or b is None else round(a - b, 2)
+
+
+def build_report(params_path="params.yaml", runs_dir="runs"):
+    """Every experiment of params.yaml as a row: ours (best, final), the paper's, and the gains."""
+    raw = load_params(params_path)
+    s = setting(raw)
+    entries = [(name, role, entry or {}) for role in ("train", "distill")
+               for name, entry in (raw.get(role) or {}).items()]
+    # A model's baseline: its plain cross-entropy train entry (base_<model> in the real matrix).
+    baseline = {}
+    for name, role, entry in entries:
+        if role == "train" and entry.get("method", "ce") == "ce":
+            baseline.setdefault(entry.get("model"), name)
+
+    rows = {}
+    for name, role, entry in entries:
+        model = entry.get("model")
+        run = read_run(runs_dir, name) or {}
+        seeds = {k: v for k, v in (run.get("seeds") or {}).items() if v.get("best_top1") is not None}
+        best, best_std = mean_std([v["best_top1"] for v in seeds.values()])
+        final, final_std = mean_std([v["final_top1"] for v in seeds.values()])
+        selected = s["only"] is None or name in s["only"]
+        status = "measured" if seeds else "not run" if selected else f"skipped by profile {s['profile']}"
+        ptop1, pstd = paper.paper_top1(name)
+        notes = [n for n in (entry.get("note"), paper.NOTES.get(name)) if n]
+        if seeds and (run.get("profile"), run.get("dataset")) != (s["profile"], s["dataset"]):
+            notes.insert(0, f"run under profile {run.get('profile')} on {run.get('dataset')}")
+        rows[name] = {
+            "table": paper.table_of(name), "role": role, "model": model,
+            "method": entry.get("method", "kd" if role == "distill" else "ce"),
+            "teacher": entry.get("teacher"), "status": status, "n_seeds": len(seeds),
+            "best_top1": best, "best_top1_std": best_std, "final_top1": final, "final_top1_std": final_std,
+            "paper_top1": ptop1, "paper_top1_std": pstd, "best_minus_paper": _sub(best, ptop1),
+            "baseline": None if name == baseline.get(model) else baseline.get(model),
+            "paper_gain": paper.paper_gain(name, model), "note": "; ".join(notes),
+        }
+    for row in rows.values():  # second pass: the baselines' numbers are all known now
+        base = rows.get(row["baseline"]) or {}
+        row["baseline_best_top1"] = base.get("best_top1")
+        row["gain"] = _sub(row["best_top1"], row["baseline_best_top1"])
+
+    measured = [n for n, r in rows.items() if r["status"] == "measured"]
+    return {"generated": datetime.datetime.now().isoformat(timespec="seconds"), **s,
+            "paper_setting": PAPER_SETTING, "not_comparable": not_comparable(s),
+            "measured": len(measured), "missing": len(rows) - len(measured),
+            "missing_experiments": [n for n in rows if n not in measured], "experiments": rows}
+
+
+def fmt(mean, std=None, n=None, sign=False):
+    """'76.00', '76.00 ± 0.20 (n=2)' or '+0.13'; a missing value is a dash, never a zero."""
+    if mean is None:
+        return DASH
+    text = f"{mean:+.2f}" if sign else f"{mean:.2f}"
+    if std is not None:
+        text += f" ± {std:.2f}"
+    return text + (f" (n={n})" if n and n > 1 else "")
+
+
+def grouped(rows):
+    """[(table title, [(name, row)])] in the paper's table order, params.yaml order within one."""
+    titles = [t for t, _ in paper.TABLES] + [paper.OTHER]
+    groups = [(t, [(n, r) for n, r in rows.items() if r["table"] == t]) for t in titles]
+    return [(t, members) for t, members in groups if members]
+
+
+def markdown(rep):
+    s = rep
+    lines = [f"# tfkd results ({s['generated'][:10]})", "",
+             f"Profile **{s['profile']}**: dataset `{s['dataset']}`, {s['epochs']} epochs, width x{s['width']:g}, "
+             f"seeds {s['seeds']}. Generated {s['generated']}. "
+             f"{s['measured']} experiments measured, {s['missing']} not yet.", ""]
+    if s["not_comparable"]:
+        lines += [f"> **These numbers are NOT comparable with the paper.** {s['not_comparable'][0].upper()}"
+                  f"{s['not_comparable'][1:]}. They check that the pipeline runs; the paper column is context only.", ""]
+    lines += ["Top-1 test accuracy (%); the paper's numbers are on CIFAR-100. *best*: best epoch (what the paper reports); "
+              "*final*: last epoch; ± is the std over seeds. *Δ paper* = best − paper; *gain* = best − our "
+              "baseline of the same model, *paper gain* the same in the paper.", ""]
+    head = ("| experiment | teacher | status | best | final | paper | Δ paper | baseline (ours) | gain | paper gain | note |\n"
+            "|---|---|---|---|---|---|---|---|---|---|---|")
+    for title, members in grouped(s["experiments"]):
+        lines += [f"## {title}", "", head]
+        for name, r in members:
+            lines.append("| " + " | ".join([
+                f"`{name}`", r["teacher"] or DASH, r["status"],
+                fmt(r["best_top1"], r["best_top1_std"], r["n_seeds"]), fmt(r["final_top1"], r["final_top1_std"]),
+                fmt(r["paper_top1"], r["paper_top1_std"]), fmt(r["best_minus_paper"], sign=True),
+                f"{fmt(r['baseline_best_top1'])} ({r['baseline']})" if r["baseline"] else DASH,
+                fmt(r["gain"], sign=True), fmt(r["paper_gain"], sign=True), r["note"].replace("|", "/")]) + " |")
+        lines.append("")
+    lines += ["## Not yet measured", ""]
+    todo = [n for n in s["missing_experiments"] if s["experiments"][n]["status"] == "not run"]
+    if todo:  # the actionable ones first: the active profile should have run them
+        lines.append(f"- in profile {s['profile']}, not run yet: " + ", ".join(f"`{n}`" for n in todo))
+    for title, members in grouped({n: s["experiments"][n] for n in s["missing_experiments"] if n not in todo}):
+        lines.append(f"- {title}: " + ", ".join(f"`{n}`" for n, _ in members))
+    if not s["missing_experiments"]:
+        lines.append("- none")
+    return "\n".join(lines) + "\n"
+
+
+def plot(rep, runs_dir, path):
+    """Left: seed-mean test-accuracy curves, one small panel per model (baseline vs methods).
+    Right: each method's gain over its model's baseline, ours as bars, the paper's as markers."""
+    from matplotlib.figure import Figure  # no pyplot: no global state, the Agg canvas by default
+    from matplotlib.patches import Patch
+    from matplotlib.ticker import MaxNLocator
+
+    rows = rep["experiments"]
+    titles = [t for t, _ in paper.TABLES] + [paper.OTHER]
+    color = {t: c for t, c in zip(titles, ["black", "tab:blue", "tab:red", "tab:green", "tab:purple", "tab:gray"])}
+    style = {t: ls for t, ls in zip(titles, ["-", "--", ":", "-.", (0, (5, 1, 1, 1, 1, 1)), "-"])}
+    curves = {n: read_curve(runs_dir, n) for n, r in rows.items() if r["status"] == "measured"}
+    curves = {n: c for n, c in curves.items() if c[0]}
+    models = list(dict.fromkeys(rows[n]["model"] for n in curves))
+    # Bars: the methods the active profile runs (all of them when it has no `only` list).
+    bars = [(n, r) for _, members in grouped(rows) for n, r in members
+            if r["baseline"] and (r["status"] == "measured" or rep["only"] is None or n in rep["only"])]
+
+    nrow = max(1, math.ceil(len(models) / 2))
+    fig = Figure(figsize=(17, max(3.2 * nrow, 0.3 * len(bars) + 2, 5)), layout="constrained")
+    gs = fig.add_gridspec(nrow, 3, width_ratios=[1, 1, 1.25])
+    for i, model in enumerate(models):
+        ax = fig.add_subplot(gs[i // 2, i % 2])
+        # One colour per line (a model has at most 10 methods); the line style tells the paper table.
+        others = iter(f"C{k}" for k in range(99))
+        for n in curves:
+            if rows[n]["model"] == model:
+                base = rows[n]["baseline"] is None
+                ax.plot(*curves[n], color="black" if base else next(others), lw=2.2 if base else 1.2,
+                        ls=style[rows[n]["table"]], marker="o" if len(curves[n][0]) < 15 else None, ms=3,
+                        label=n)
+        ax.set_title(model, fontsize=10)
+        ax.set_xlabel("epoch", fontsize=8)
+        ax.set_ylabel("test top-1 (%)", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6, loc="best")
+    if not models:
+        ax = fig.add_subplot(gs[:, :2])
+        ax.text(0.5, 0.5, "no measured runs yet", ha="center", va="center")
+        ax.set_axis_off()
+
+    ax = fig.add_subplot(gs[:, 2])
+    ys = list(range(len(bars)))[::-1]
+    for y, (n, r) in zip(ys, bars):
+        if r["gain"] is not None:
+            ax.barh(y, r["gain"], color=color[r["table"]], alpha=0.8)
+        if r["paper_gain"] is not None:
+            ax.plot(r["paper_gain"], y, "D", color="orange", mec="black", ms=5)
+    ax.set_yticks(ys, [n + ("" if r["gain"] is not None else "  (not run)") for n, r in bars], fontsize=7)
+    for label, (_, r) in zip(ax.get_yticklabels(), bars):
+        label.set_color(color[r["table"]])
+    handles = [ax.plot([], [], "D", color="orange", mec="black")[0]]
+    handles += [Patch(color=color[t], alpha=0.8) for t in titles if any(r["table"] == t for _, r in bars)]
+    labels = ["paper's gain (CIFAR-100, 200 epochs)"] + [t for t in titles if any(r["table"] == t for _, r in bars)]
+    ax.axvline(0, color="black", lw=0.8)
+    ax.set_xlabel("gain over the model's baseline, best top-1 (points)", fontsize=8)
+    ax.set_title("gain over baseline: ours (bars) vs paper (diamonds)", fontsize=10)
+    ax.grid(axis="x", alpha=0.3)
+    fig.legend(handles, labels, fontsize=7, loc="outside lower right", ncol=3)
+
+    title = (f"tfkd: profile {rep['profile']}, {rep['dataset']}, {rep['epochs']} epochs, width x{rep['width']:g}, "
+             f"{rep['measured']} measured / {rep['missing']} missing")
+    if rep["not_comparable"]:
+        title += "\nNOT comparable with the paper (full CIFAR-100, 200 epochs, full-size models): see results.md"
+    fig.suptitle(title, fontsize=11, color="darkred" if rep["not_comparable"] else "black")
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+
+
+def write_report(params_path="params.yaml", runs_dir="runs", out_dir=None):
+    """Write results.md, results.json and results.png into out_dir (default: runs_dir)."""
+    out_dir = runs_dir if out_dir is None else out_dir
+    rep = build_report(params_path, runs_dir)
+    paths = {ext: os.path.join(out_dir, f"results.{ext}") for ext in ("md", "json", "png")}
+    write_text(paths["md"], markdown(rep))
+    write_text(paths["json"], json.dumps(rep, indent=2) + "\n")
+    plot(rep, runs_dir, paths["png"])
+    rep["paths"] = paths
+    return rep

@@ -1,0 +1,159 @@
+"""The pipeline's stages, one function each, on the project layout:
+
+    data/prepared/<dataset>.npz     tfkd prepare
+    runs/<exp>/s<seed>/             tfkd train / distill: checkpoints, metrics.json, timing.json, history.tsv
+    runs/<exp>.json, runs/<exp>.tsv the experiment's summary over seeds (dvc metrics / dvc plots)
+    cache/<exp>/s<seed>.h5          tfkd cache: the teacher logits a distill run reads
+"""
+import json
+import os
+import statistics
+
+from . import augment, cache, data as datasets
+from .errors import TfkdError
+from .files import write_text
+from .train import DeviceData, fit
+
+
+def prepared_path(dataset):
+    return os.path.join("data", "prepared", f"{dataset}.npz")
+
+
+def run_dir(name, seed):
+    return os.path.join("runs", name, f"s{seed}")
+
+
+def cache_path(name, seed):
+    return os.path.join("cache", name, f"s{seed}.h5")
+
+
+def load_data(dataset):
+    return datasets.load(prepared_path(dataset))
+
+
+def prepare(params):
+    prof = params.profile
+    return datasets.prepare(prof.get("dataset", "embedded"), prepared_path(params.dataset),
+                            source=prof.get("source"))
+
+
+def _skip(params, name, log, folder="runs"):
+    """Experiments outside the active profile's `only` list leave a marker (DVC needs its outputs)
+    and an empty summary, which the report shows as missing: never a result."""
+    if params.selected(name):
+        return False
+    write_text(os.path.join(folder, name, "SKIPPED"), f"not in profile {params.profile_name}\n")
+    if folder == "runs":
+        write_summary(params, name, [])
+    log(f"[{name}] skipped: not in the 'only' list of profile {params.profile_name!r}")
+    return True
+
+
+def train(params, name, seeds, device, overwrite=False, log=print):
+    """Train experiment `name` (a train or distill entry) for each seed; distill reads its cache."""
+    if _skip(params, name, log):
+        return []
+    results, ddata = [], None
+    for seed in seeds or params.seeds:
+        cfg = params.run(name, seed)
+        if ddata is None:
+            ddata = DeviceData(load_data(cfg.dataset), device)
+        teacher = None
+        if cfg.role == "distill":
+            key = augment.run_key(seed, cfg.identity)
+            logits, _ = cache.load(cache_path(name, seed), ddata.data, cfg.cache_policy,
+                                   ddata.data.num_classes, key, cfg.epochs, cfg.aug_spec)
+            teacher = cache.CacheTeacher(logits, device)
+        results.append(fit(cfg, ddata, run_dir(name, seed), device, teacher, overwrite, log))
+    write_summary(params, name, [s for s in params.seeds if os.path.exists(os.path.join(run_dir(name, s), "metrics.json"))])
+    return results
+
+
+def teacher_checkpoint(params, cfg):
+    """The checkpoint file a distill run's teacher entry names, and how it was chosen."""
+    tcfg = params.run(cfg.teacher, cfg.seed)
+    choice = str(cfg.teacher_checkpoint)
+    folder = run_dir(cfg.teacher, cfg.seed)
+    if choice == "best":
+        return os.path.join(folder, "best.pt"), tcfg
+    epoch = tcfg.epochs if choice == "final" else int(tcfg.checkpoints.get(choice, choice))
+    if epoch not in tcfg.save_epochs:
+        raise TfkdError(f"distill.{cfg.name}: teacher {cfg.teacher} keeps no checkpoint after epoch {epoch} "
+                        f"(it keeps {tcfg.save_epochs}); add it to the teacher's checkpoints")
+    return os.path.join(folder, f"epoch_{epoch:04d}.pt"), tcfg
+
+
+def make_cache(params, name, seeds, device, log=print):
+    """Write cache/<name>/s<seed>.h5 for distill experiment `name`: its teacher's logits."""
+    if params.role_of(name) != "distill":
+        raise TfkdError(f"{name} is a train experiment; 'tfkd cache' takes a distill experiment")
+    if _skip(params, name, log, "cache"):
+        return []
+    paths, ddata = [], None
+    for seed in seeds or params.seeds:
+        cfg = params.run(name, seed)
+        ckpt_path, tcfg = teacher_checkpoint(params, cfg)
+        if ddata is None:
+            ddata = DeviceData(load_data(cfg.dataset), device)
+        data = ddata.data
+        model, ckpt = cache.load_teacher(ckpt_path, tcfg.model, tcfg.width, data.num_classes, data.channels)
+        if ckpt.get("dataset_fingerprint", data.fingerprint) != data.fingerprint:
+            raise TfkdError(f"teacher checkpoint {ckpt_path} was trained on other data "
+                            f"({ckpt.get('dataset')}); retrain the teacher on {data.name}")
+        key = augment.run_key(seed, cfg.identity)
+        attrs = describe_teacher(model.to(device), ddata, ckpt_path, ckpt, tcfg.model, tcfg.width,
+                                 str(cfg.teacher_checkpoint), seed, cfg.to_dict())
+        out = cache_path(name, seed)
+        if os.path.exists(out) and _same_cache(out, attrs, cfg, key):
+            log(f"[{name} s{seed}] cache up to date: {out}")
+        else:
+            log(f"[{name} s{seed}] caching {tcfg.model} ({ckpt_path}, test {attrs['teacher_test_acc']:.2f}%) "
+                f"-> {out} [{cfg.cache_policy}]")
+            cache.write(out, model, ddata, cfg.cache_policy, attrs, key, cfg.epochs, cfg.aug_spec, log=log)
+        paths.append(out)
+    return paths
+
+
+def describe_teacher(model, ddata, ckpt_path, ckpt, model_name, width, choice, seed, params_dict):
+    from .train import evaluate
+    _, acc = evaluate(model, ddata, 1000)
+    return {"teacher_model": model_name, "teacher_width": float(width), "checkpoint_path": ckpt_path,
+            "checkpoint_sha256": cache.sha256_file(ckpt_path), "checkpoint_epoch": int(ckpt.get("epoch", -1)),
+            "checkpoint_choice": choice, "teacher_test_acc": float(acc), "seed": int(seed),
+            "params": json.dumps(params_dict, sort_keys=True)}
+
+
+def _same_cache(path, attrs, cfg, key):
+    try:
+        old = cache.read_attrs(path)
+    except TfkdError:
+        return False
+    return (old.get("checkpoint_sha256") == attrs["checkpoint_sha256"] and old.get("view_policy") == cfg.cache_policy
+            and old.get("dataset_fingerprint") == attrs.get("dataset_fingerprint", old.get("dataset_fingerprint"))
+            and (cfg.cache_policy == "clean" or (old.get("run_key") == key and old.get("epochs") == cfg.epochs
+                                                 and old.get("aug_version") == augment.AUG_VERSION)))
+
+
+def write_summary(params, name, seeds):
+    """runs/<name>.json (metrics over seeds) and runs/<name>.tsv (per-epoch curves, all seeds)."""
+    role = params.role_of(name)
+    entry = params.raw[role][name] or {}
+    summary = {"experiment": name, "role": role, "profile": params.profile_name, "dataset": params.dataset,
+               "model": entry.get("model"), "method": entry.get("method", "kd" if role == "distill" else "ce"),
+               "teacher": entry.get("teacher"), "seeds": {}}
+    rows = []
+    for seed in seeds:
+        folder = run_dir(name, seed)
+        with open(os.path.join(folder, "metrics.json")) as f:
+            m = json.load(f)
+        summary["seeds"][str(seed)] = {"best_top1": m["best_top1"], "final_top1": m["final_top1"]}
+        with open(os.path.join(folder, "history.tsv")) as f:
+            rows += [[seed] + line.rstrip("\n").split("\t") for line in list(f)[1:]]
+    for key in ("best_top1", "final_top1"):
+        values = [s[key] for s in summary["seeds"].values()]
+        summary[key] = statistics.fmean(values) if values else None
+        summary[key + "_std"] = statistics.stdev(values) if len(values) > 1 else 0.0 if values else None
+    write_text(os.path.join("runs", f"{name}.json"), json.dumps(summary, indent=2) + "\n")
+    header = "\t".join(("seed", "epoch", "lr", "train_loss", "train_acc", "test_loss", "test_acc"))
+    write_text(os.path.join("runs", f"{name}.tsv"), "\n".join([header] + ["\t".join(map(str, r)) for r in rows]) + "\n")
+    return summary

@@ -1,0 +1,276 @@
+"""The one training loop: baseline, LSR, Tf-KD reg and every KD flavour (from a cache or online).
+
+Modelled on torchvision's reference classification loop, with the data on the device: the whole
+uint8 training set is a device tensor, each step gathers its samples by index and augments them
+there (augment.py), and a KD step looks its teacher logits up by the same sample indices.
+"""
+import json
+import math
+import os
+import shutil
+import time
+
+import torch
+
+from . import __version__, augment
+from .errors import TfkdError
+from .files import atomic_path, write_text
+from .losses import Objective
+from .models import build_model, split_head
+
+HISTORY_COLUMNS = ("epoch", "lr", "train_loss", "train_acc", "test_loss", "test_acc")
+
+
+def pick_device(name="auto"):
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise TfkdError(f"--device {name}: no CUDA device is available here; use --device cpu")
+    return torch.device(name)
+
+
+class DeviceData:
+    """A prepared dataset resident on the device: uint8 train images, normalised test images."""
+
+    def __init__(self, data, device):
+        self.data = data
+        self.device = device
+        self.channels_last = device.type == "cuda"
+        self.x_train = torch.from_numpy(data.x_train).to(device)
+        self.y_train = torch.from_numpy(data.y_train).to(device)
+        self.mean = torch.tensor(data.mean, dtype=torch.float32, device=device)
+        self.std = torch.tensor(data.std, dtype=torch.float32, device=device)
+        self.x_test = self.inputs(torch.from_numpy(data.x_test).to(device))
+        self.y_test = torch.from_numpy(data.y_test).to(device)
+
+    def inputs(self, images_u8):
+        return augment.normalize(images_u8, self.mean, self.std, self.channels_last)
+
+    def view(self, index, key, epoch, spec):
+        """The normalised augmented views of training samples `index` in `epoch` of run `key`."""
+        return self.inputs(augment.views(self.x_train, index, key, epoch, spec))
+
+
+def model_for(cfg, data, device):
+    torch.manual_seed(cfg.seed)  # same seed, same initial weights (as the reference)
+    model = build_model(cfg.model, data.num_classes, in_channels=data.channels,
+                        image_size=data.image_size, width=cfg.width).to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+def forward(model, x):
+    """Logits in fp32. On the GPU the body runs under bf16 autocast and the classifier head in
+    fp32; on the CPU everything is plain fp32 (bf16 would only slow it down)."""
+    if x.device.type != "cuda":
+        return model(x)
+    body, head = split_head(model)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        features = body(x)
+    return head(features.float())
+
+
+@torch.no_grad()
+def evaluate(model, ddata, batch_size):
+    """(mean CE loss, top-1 %) on the test set, teacher-style: eval mode, no augmentation."""
+    model.eval()
+    loss = torch.zeros((), device=ddata.device)
+    correct = torch.zeros((), dtype=torch.int64, device=ddata.device)
+    for i in range(0, len(ddata.y_test), batch_size):
+        x, y = ddata.x_test[i:i + batch_size], ddata.y_test[i:i + batch_size]
+        out = forward(model, x)
+        loss += torch.nn.functional.cross_entropy(out, y, reduction="sum")
+        correct += (out.argmax(1) == y).sum()
+    n = len(ddata.y_test)
+    return loss.item() / n, 100.0 * correct.item() / n
+
+
+def learning_rate(cfg, epoch, step, steps_per_epoch):
+    """Linear warm-up per iteration, then x gamma at each milestone (60/120/160 of 200)."""
+    if epoch < cfg.warmup_epochs:
+        return cfg.step_lr * (epoch * steps_per_epoch + step + 1) / (cfg.warmup_epochs * steps_per_epoch)
+    return cfg.step_lr * cfg.gamma ** sum(epoch >= m for m in cfg.milestone_epochs)
+
+
+class OnlineTeacher:
+    """A teacher network run on the student's own views (reference-style KD; tests and bench)."""
+
+    def __init__(self, model, round_to=torch.float16):
+        self.model = model.eval()
+        self.round_to = round_to  # mimic the cache's storage dtype, for exact-replay comparisons
+
+    @torch.no_grad()
+    def logits(self, epoch, index, x):
+        out = forward(self.model, x)
+        return out.to(self.round_to).float() if self.round_to is not None else out
+
+
+class RunDir:
+    """runs/<experiment>/s<seed>/: checkpoints, metrics.json, timing.json, history.tsv."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def file(self, name):
+        return os.path.join(self.path, name)
+
+    def checkpoint(self, epoch):
+        return self.file(f"epoch_{int(epoch):04d}.pt")
+
+    def finished_digest(self):
+        try:
+            with open(self.file("metrics.json")) as f:
+                return json.load(f).get("config_digest")
+        except (OSError, ValueError):
+            return None
+
+    def resume_state(self, digest, overwrite):
+        """The state to resume from (None: start fresh). Refuses to clobber another run's results."""
+        last = self.file("last.pt")
+        old = None
+        if os.path.exists(last):
+            try:
+                old = torch.load(last, map_location="cpu", weights_only=True)
+            except Exception:
+                old = None  # a damaged resume file: start again rather than guess
+        old_digest = old.get("digest") if old else self.finished_digest()
+        if old_digest is not None and old_digest != digest:
+            if not overwrite:
+                raise TfkdError(f"{self.path} holds a run with other settings; pass --overwrite to "
+                                f"replace it, or change the experiment name")
+            shutil.rmtree(self.path)
+            return None
+        return old
+
+    def save_checkpoint(self, name, state):
+        with atomic_path(self.file(name)) as tmp:
+            torch.save(state, tmp)
+
+
+def _rng_state():
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state):
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def fit(cfg, data, run_dir, device, teacher=None, overwrite=False, log=print, stop_after=None):
+    """Train one run to the end (resuming if possible); returns its metrics dict.
+
+    `teacher` supplies KD targets: an object with .logits(epoch, index, x) -> [B, K] float.
+    `stop_after` (tests only) returns after that many epochs, as if the process had been killed.
+    """
+    rd = RunDir(run_dir)
+    digest = cfg.digest()
+    if rd.finished_digest() == digest and not os.path.exists(rd.file("last.pt.partial")):
+        with open(rd.file("metrics.json")) as f:
+            log(f"[{cfg.name} s{cfg.seed}] already finished with these settings: {rd.path}")
+            return json.load(f)
+    state = rd.resume_state(digest, overwrite)
+    os.makedirs(rd.path, exist_ok=True)
+
+    ddata = DeviceData(data, device) if not isinstance(data, DeviceData) else data
+    data = ddata.data
+    model = model_for(cfg, data, device)
+    opt = torch.optim.SGD(model.parameters(), lr=cfg.step_lr, momentum=cfg.momentum,
+                          weight_decay=cfg.weight_decay, fused=device.type == "cuda" or None)
+    objective = Objective(cfg.method, data.num_classes, cfg.alpha, cfg.temperature, cfg.multiplier,
+                          cfg.label_smoothing, cfg.correct_prob, cfg.loss_form).to(device)
+    if objective.needs_teacher and teacher is None:
+        raise TfkdError(f"{cfg.name}: method {cfg.method!r} needs a teacher (a cache or a model)")
+    key = augment.run_key(cfg.seed, cfg.identity)
+    spec = cfg.aug_spec
+    n, bs = len(data.y_train), cfg.batch_size
+    steps = math.ceil(n / bs)  # the last partial batch is kept, as in the reference
+    start, best, history, timing = 0, (-1.0, 0), [], []
+    if state is not None:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        start, best, history, timing = state["epoch"], tuple(state["best"]), state["history"], state["timing"]
+        _set_rng_state(state["rng"])
+        log(f"[{cfg.name} s{cfg.seed}] resuming after epoch {start} from {rd.file('last.pt')}")
+    meta = {"model_name": cfg.model, "width": cfg.width, "num_classes": data.num_classes,
+            "in_channels": data.channels, "dataset": data.name, "dataset_fingerprint": data.fingerprint,
+            "config": cfg.to_dict(), "digest": digest, "package_version": __version__}
+
+    for epoch in range(start, cfg.epochs):
+        t0 = time.perf_counter()
+        model.train()
+        order = augment.epoch_order(key, epoch, n, device)
+        loss_sum = torch.zeros((), device=device)
+        correct = torch.zeros((), dtype=torch.int64, device=device)
+        first_bad = torch.full((), -1, dtype=torch.int64, device=device)
+        lr = cfg.step_lr
+        for step in range(steps):
+            lr = learning_rate(cfg, epoch, step, steps)
+            for group in opt.param_groups:
+                group["lr"] = lr
+            index = order[step * bs:(step + 1) * bs]
+            x, y = ddata.view(index, key, epoch, spec), ddata.y_train[index]
+            t_logits = teacher.logits(epoch, index, x) if objective.needs_teacher else None
+            out = forward(model, x)
+            loss = objective(out, y, t_logits)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            # No host sync per step: accumulate on the device, check once per epoch.
+            loss_sum += loss.detach() * len(index)
+            correct += (out.detach().argmax(1) == y).sum()
+            first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss.detach()),
+                                    torch.tensor(step, device=device), first_bad)
+        if first_bad.item() >= 0:
+            raise TfkdError(f"{cfg.name} s{cfg.seed}: the loss became NaN/inf in epoch {epoch + 1}, "
+                            f"step {first_bad.item() + 1}; the last good checkpoint is kept in {rd.path} "
+                            f"(lower lr, or check the inputs)")
+        train_loss, train_acc = loss_sum.item() / n, 100.0 * correct.item() / n
+        test_loss, test_acc = evaluate(model, ddata, cfg.eval_batch_size)
+        seconds = time.perf_counter() - t0
+        done = epoch + 1
+        if test_acc >= best[0]:  # ties count, as in the reference
+            best = (test_acc, done)
+        history.append([done, lr, train_loss, train_acc, test_loss, test_acc])
+        timing.append(seconds)
+        state = dict(meta, model=model.state_dict(), optimizer=opt.state_dict(), epoch=done,
+                     best=list(best), history=history, timing=timing, rng=_rng_state(), test_acc=test_acc)
+        if best[1] == done:
+            rd.save_checkpoint("best.pt", state)
+        if done in cfg.save_epochs:
+            rd.save_checkpoint(os.path.basename(rd.checkpoint(done)), state)
+        rd.save_checkpoint("last.pt", state)
+        write_history(rd.file("history.tsv"), history)
+        eta = seconds * (cfg.epochs - done)
+        log(f"[{cfg.name} s{cfg.seed}] epoch {done}/{cfg.epochs} lr {lr:.4f} loss {train_loss:.3f} "
+            f"train {train_acc:.2f}% test {test_acc:.2f}% (best {best[0]:.2f}%) "
+            f"{n / seconds:,.0f} img/s eta {eta:.0f}s")
+        if stop_after is not None and done - start >= stop_after:
+            return None
+
+    metrics = {"experiment": cfg.name, "seed": cfg.seed, "method": cfg.method, "model": cfg.model,
+               "teacher": cfg.teacher or None, "dataset": data.name, "num_classes": data.num_classes,
+               "epochs": cfg.epochs, "best_top1": best[0], "best_epoch": best[1],
+               "final_top1": history[-1][5], "final_test_loss": history[-1][4],
+               "config_digest": digest, "package_version": __version__, "params": cfg.to_dict()}
+    write_text(rd.file("metrics.json"), json.dumps(metrics, indent=2) + "\n")
+    write_text(rd.file("timing.json"), json.dumps(
+        {"device": device_name(device), "epoch_seconds": timing, "total_seconds": sum(timing),
+         "images_per_second": n * len(timing) / max(sum(timing), 1e-9)}, indent=2) + "\n")
+    return metrics
+
+
+def device_name(device):
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({os.cpu_count()} cores)"
+
+
+def write_history(path, rows, seed=None):
+    lines = ["\t".join(("seed",) * (seed is not None) + HISTORY_COLUMNS)]
+    for row in rows:
+        cells = [str(seed)] * (seed is not None) + [str(row[0])] + [f"{v:.6g}" for v in row[1:]]
+        lines.append("\t".join(cells))
+    write_text(path, "\n".join(lines) + "\n")
