@@ -155,8 +155,7 @@ def grouped(rows):
     return [(t, members) for t, members in groups if members]
 
 
-def markdown(rep):
-    s = rep
+def markdown(s):
     lines = [f"# tfkd results ({s['generated'][:10]})", "",
              f"Profile **{s['profile']}**: dataset `{s['dataset']}`, {s['epochs']} epochs, width x{s['width']:g}, "
              f"seeds {s['seeds']}. Generated {s['generated']}. "
@@ -238,15 +237,21 @@ def plot(rep, runs_dir, path):
     for y, (n, r) in zip(ys, bars):
         if r["gain"] is not None:
             ax.barh(y, r["gain"], color=color[r["table"]], alpha=0.8)
+            # the value as text too: a gain of 0.00 has no visible bar, yet it was measured
+            ax.text(r["gain"], y, f" {r['gain']:+.2f} ", va="center", fontsize=6,
+                    ha="left" if r["gain"] >= 0 else "right")
         if r["paper_gain"] is not None:
             ax.plot(r["paper_gain"], y, "D", color="orange", mec="black", ms=5)
-    ax.set_yticks(ys, [n + ("" if r["gain"] is not None else "  (not run)") for n, r in bars], fontsize=7)
+    why = {n: "" if r["gain"] is not None else "  (not run)" if r["status"] != "measured" else "  (no baseline run)"
+           for n, r in bars}
+    ax.set_yticks(ys, [n + why[n] for n, _ in bars], fontsize=7)
     for label, (_, r) in zip(ax.get_yticklabels(), bars):
         label.set_color(color[r["table"]])
     handles = [ax.plot([], [], "D", color="orange", mec="black")[0]]
     handles += [Patch(color=color[t], alpha=0.8) for t in titles if any(r["table"] == t for _, r in bars)]
     labels = ["paper's gain (CIFAR-100, 200 epochs)"] + [t for t in titles if any(r["table"] == t for _, r in bars)]
     ax.axvline(0, color="black", lw=0.8)
+    ax.margins(x=0.12)  # room for the value labels at the bar ends
     ax.set_xlabel("gain over the model's baseline, best top-1 (points)", fontsize=8)
     ax.set_title("gain over baseline: ours (bars) vs paper (diamonds)", fontsize=10)
     ax.grid(axis="x", alpha=0.3)
