@@ -212,3 +212,36 @@ def report(params_path, runs_dir, out_dir):
     click.echo(rep["paths"]["md"])
     click.echo(f"{rep['measured']} experiments measured, {rep['missing']} missing (profile {rep['profile']}"
                + (", NOT comparable with the paper)" if rep["not_comparable"] else ")"))
+
+
+@main.command()
+@click.option("--student", default="resnet18", show_default=True, help="Student architecture.")
+@click.option("--teacher", default="resnet18", show_default=True, help="Teacher architecture.")
+@click.option("--width", type=float, default=None, help="Width multiplier (default: 1 on GPU, 0.125 on CPU).")
+@click.option("--batch-size", type=int, default=128, show_default=True, help="Training batch size.")
+@click.option("--steps", type=int, default=None, help="Timed steps per row (default: 50 on GPU, 5 on CPU).")
+@click.option("--data", "data_path", default="data/prepared/embedded.npz", show_default=True,
+              type=click.Path(dir_okay=False), help="A prepared dataset (its training set is used).")
+@click.option("--out", default="runs/bench.json", show_default=True, type=click.Path(dir_okay=False),
+              help="Where to write the JSON result.")
+@DEVICE
+def bench(student, teacher, width, batch_size, steps, data_path, out, device):
+    """Measure img/s of every stage in one run on the same data, with ratios.
+
+    \b
+    cache_write               the teacher in eval mode over augmented views (cache writing)
+    train_ce                  student training, cross-entropy (also LSR / Tf-KD reg: same step)
+    train_kd_cache            student training, KD from a cached logit table (stage two)
+    train_kd_online           student training, KD with the teacher run online
+    reference_kd_online_fp32  the reference code's way: fp32, eager, batch 128, teacher online
+    Runs on CPU (tiny sizes by default) and GPU. Record GPU figures in BENCHMARKS.md.
+    """
+    from . import bench as b, data
+    dev = _device(device)
+    gpu = dev.type == "cuda"
+    result = b.run(data.load(data_path), dev, student, teacher, width or (1.0 if gpu else 0.125),
+                   batch_size, steps=steps or (50 if gpu else 5), warmup=5 if gpu else 1,
+                   infer_batch_size=1024 if gpu else 256)
+    b.dump(result, out)
+    click.echo(b.table(result))
+    click.echo(f"wrote {out}")

@@ -93,6 +93,21 @@ def learning_rate(cfg, epoch, step, steps_per_epoch):
     return cfg.step_lr * cfg.gamma ** sum(epoch >= m for m in cfg.milestone_epochs)
 
 
+def train_step(model, opt, objective, x, y, teacher_logits=None):
+    """One SGD step of any method; returns the detached (loss, logits)."""
+    out = forward(model, x)
+    loss = objective(out, y, teacher_logits)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return loss.detach(), out.detach()
+
+
+def make_optimizer(model, cfg, device):
+    return torch.optim.SGD(model.parameters(), lr=cfg.step_lr, momentum=cfg.momentum,
+                           weight_decay=cfg.weight_decay, fused=device.type == "cuda" or None)
+
+
 class OnlineTeacher:
     """A teacher network run on the student's own views (reference-style KD; tests and bench)."""
 
@@ -179,8 +194,7 @@ def fit(cfg, data, run_dir, device, teacher=None, overwrite=False, log=print, st
     ddata = DeviceData(data, device) if not isinstance(data, DeviceData) else data
     data = ddata.data
     model = model_for(cfg, data, device)
-    opt = torch.optim.SGD(model.parameters(), lr=cfg.step_lr, momentum=cfg.momentum,
-                          weight_decay=cfg.weight_decay, fused=device.type == "cuda" or None)
+    opt = make_optimizer(model, cfg, device)
     objective = Objective(cfg.method, data.num_classes, cfg.alpha, cfg.temperature, cfg.multiplier,
                           cfg.label_smoothing, cfg.correct_prob, cfg.loss_form).to(device)
     if objective.needs_teacher and teacher is None:
@@ -215,15 +229,11 @@ def fit(cfg, data, run_dir, device, teacher=None, overwrite=False, log=print, st
             index = order[step * bs:(step + 1) * bs]
             x, y = ddata.view(index, key, epoch, spec), ddata.y_train[index]
             t_logits = teacher.logits(epoch, index, x) if objective.needs_teacher else None
-            out = forward(model, x)
-            loss = objective(out, y, t_logits)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            loss, out = train_step(model, opt, objective, x, y, t_logits)
             # No host sync per step: accumulate on the device, check once per epoch.
-            loss_sum += loss.detach() * len(index)
-            correct += (out.detach().argmax(1) == y).sum()
-            first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss.detach()),
+            loss_sum += loss * len(index)
+            correct += (out.argmax(1) == y).sum()
+            first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss),
                                     torch.tensor(step, device=device), first_bad)
         if first_bad.item() >= 0:
             raise TfkdError(f"{cfg.name} s{cfg.seed}: the loss became NaN/inf in epoch {epoch + 1}, "
