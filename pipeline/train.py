@@ -184,7 +184,7 @@ def fit(cfg, data, run_dir, device, teacher=None, overwrite=False, log=print, st
     """
     rd = RunDir(run_dir)
     digest = cfg.digest()
-    if rd.finished_digest() == digest and not os.path.exists(rd.file("last.pt.partial")):
+    if rd.finished_digest() == digest:
         with open(rd.file("metrics.json")) as f:
             log(f"[{cfg.name} s{cfg.seed}] already finished with these settings: {rd.path}")
             return json.load(f)
