@@ -48,9 +48,9 @@ def _mix(x):
 
 def uniform(key, epoch, index, stream):
     """U[0,1) float32 for each sample index (an int64 tensor): a pure function of its arguments."""
-    head = (int(key) ^ (int(epoch) * 0x9E3779B1) ^ (int(stream) * 0x85EBCA77)) & _MASK
-    h = _mix(torch.full_like(index, head, dtype=torch.int64))
-    h = _mix(h ^ (index.to(torch.int64) & _MASK))
+    # The (key, epoch, stream) part is one scalar: hash it once in Python (_mix works on ints too).
+    head = _mix((int(key) ^ (int(epoch) * 0x9E3779B1) ^ (int(stream) * 0x85EBCA77)) & _MASK)
+    h = _mix((index.to(torch.int64) & _MASK) ^ head)
     return (h >> 8).to(torch.float32) * (1.0 / (1 << 24))  # 24 bits: exact in float32
 
 

@@ -104,7 +104,7 @@ def make_cache(params, name, seeds, device, log=print):
         attrs = describe_teacher(model.to(device), ddata, ckpt_path, ckpt, tcfg.model, tcfg.width,
                                  str(cfg.teacher_checkpoint), seed, cfg.to_dict())
         out = cache_path(name, seed)
-        if os.path.exists(out) and _same_cache(out, attrs, cfg, key):
+        if os.path.exists(out) and _same_cache(out, attrs, cfg, key, data.fingerprint):
             log(f"[{name} s{seed}] cache up to date: {out}")
         else:
             log(f"[{name} s{seed}] caching {tcfg.model} ({ckpt_path}, test {attrs['teacher_test_acc']:.2f}%) "
@@ -123,13 +123,13 @@ def describe_teacher(model, ddata, ckpt_path, ckpt, model_name, width, choice, s
             "params": json.dumps(params_dict, sort_keys=True)}
 
 
-def _same_cache(path, attrs, cfg, key):
+def _same_cache(path, attrs, cfg, key, fingerprint):
     try:
         old = cache.read_attrs(path)
     except TfkdError:
         return False
     return (old.get("checkpoint_sha256") == attrs["checkpoint_sha256"] and old.get("view_policy") == cfg.cache_policy
-            and old.get("dataset_fingerprint") == attrs.get("dataset_fingerprint", old.get("dataset_fingerprint"))
+            and old.get("dataset_fingerprint") == fingerprint
             and (cfg.cache_policy == "clean" or (old.get("run_key") == key and old.get("epochs") == cfg.epochs
                                                  and old.get("aug_version") == augment.AUG_VERSION)))
 
