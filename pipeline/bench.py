@@ -18,7 +18,7 @@ from . import __version__, augment
 from .cache import CacheTeacher
 from .config import RunConfig
 from .losses import Objective
-from .train import DeviceData, OnlineTeacher, device_name, forward, make_optimizer, model_for, train_step
+from .train import DeviceData, Mixed, OnlineTeacher, device_name, forward, make_optimizer, model_for, train_step
 
 
 def _timed(fn, steps, warmup, device):
@@ -70,6 +70,7 @@ def run(data, device, student="resnet18", teacher="resnet18", width=1.0, batch_s
         if reference:
             model = model.to(memory_format=torch.contiguous_format)
         opt = make_optimizer(model, cfg, device)
+        net = Mixed(model)  # the precision policy of tfkd train
         nxt = batches(bs)
 
         def step():
@@ -85,7 +86,7 @@ def run(data, device, student="resnet18", teacher="resnet18", width=1.0, batch_s
                 opt.step()
                 loss.item()  # the reference synchronised every step (tqdm, running averages)
             else:
-                train_step(model, opt, objective, x, y, teacher_of(index, x) if teacher_of else None)
+                train_step(net, opt, objective, x, y, teacher_of(index, x) if teacher_of else None)
         seconds = _timed(step, steps, warmup, device)
         results[label] = steps * bs / seconds
         log(f"  {label}: {results[label]:,.0f} img/s")

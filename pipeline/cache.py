@@ -17,7 +17,7 @@ import h5py
 import numpy as np
 import torch
 
-from . import __version__, augment
+from . import __version__, augment, distributed
 from .errors import TfkdError
 from .files import atomic_path
 from .models import build_model
@@ -67,19 +67,37 @@ def load_teacher(path, model_name, width, num_classes, in_channels):
 
 
 @torch.no_grad()
-def _teacher_logits(model, ddata, index, views_of):
+def _logit_blocks(model, ddata, policy, run_key, epochs, spec, batch_size):
+    """(epoch, [N, K] float16 numpy) for each block of the cache, on every rank. Under torchrun each
+    rank runs the teacher on its shard of the samples and the shards are gathered in sample order."""
     from .train import forward
-    return forward(model, views_of(index)).to(torch.float16).cpu().numpy()
+    world = distributed.current()
+    n, k, device = len(ddata.y_train), ddata.data.num_classes, ddata.device
+    mine = world.shard(range(n))
+    for epoch in range(epochs if policy == "replay" else 1):
+        parts = [torch.empty((0, k), dtype=torch.float16, device=device)]
+        for i in range(mine.start, mine.stop, batch_size):
+            index = torch.arange(i, min(i + batch_size, mine.stop), device=device)
+            x = ddata.inputs(ddata.x_train[index]) if policy == "clean" else ddata.view(index, run_key, epoch, spec)
+            parts.append(forward(model, x).to(torch.float16))
+        yield epoch, world.gather_rows(torch.cat(parts), n).cpu().numpy()
 
 
 def write(path, model, ddata, policy, attrs, run_key=0, epochs=1, spec=None, batch_size=1024, log=print):
-    """Run `model` (eval mode) over the training set and write the cache atomically.
+    """Run `model` (eval mode) over the training set and write the cache atomically (rank 0).
 
     clean: one un-augmented view per sample; replay: the student's views of epochs 0..epochs-1.
     """
     model.eval()
-    data, device = ddata.data, ddata.device
+    world = distributed.current()
+    data = ddata.data
     n, k = len(data.y_train), data.num_classes
+    blocks = _logit_blocks(model, ddata, policy, run_key, epochs, spec, batch_size)
+    if not world.is_main:
+        for _ in blocks:
+            pass
+        world.barrier()
+        return path
     shape = (n, k) if policy == "clean" else (epochs, n, k)
     chunks = (min(n, ROWS_PER_CHUNK), k) if policy == "clean" else (1, min(n, ROWS_PER_CHUNK), k)
     attrs = dict(attrs, schema_version=SCHEMA_VERSION, dataset=data.name,
@@ -88,18 +106,11 @@ def write(path, model, ddata, policy, attrs, run_key=0, epochs=1, spec=None, bat
                  aug_spec=json.dumps(vars(spec) if spec else {}, sort_keys=True),
                  run_key=int(run_key), epochs=int(epochs if policy == "replay" else 0),
                  package_version=__version__)
-    clean_views = lambda idx: ddata.inputs(ddata.x_train[idx])  # noqa: E731
     with atomic_path(path) as tmp:
         with h5py.File(tmp, "w") as f:
             f.create_dataset("labels", data=data.y_train.astype(np.int64), track_times=False)
             ds = f.create_dataset("logits", shape=shape, dtype=np.float16, chunks=chunks, track_times=False)
-            for epoch in range(shape[0] if policy == "replay" else 1):
-                views_of = clean_views if policy == "clean" else (
-                    lambda idx, e=epoch: ddata.view(idx, run_key, e, spec))
-                rows = np.empty((n, k), np.float16)
-                for i in range(0, n, batch_size):
-                    index = torch.arange(i, min(i + batch_size, n), device=device)
-                    rows[i:i + len(index)] = _teacher_logits(model, ddata, index, views_of)
+            for epoch, rows in blocks:
                 if policy == "clean":
                     ds[...] = rows
                 else:
@@ -109,6 +120,7 @@ def write(path, model, ddata, policy, attrs, run_key=0, epochs=1, spec=None, bat
             for key in ATTRS:
                 if key in attrs:
                     f.attrs[key] = attrs[key]
+    world.barrier()
     return path
 
 

@@ -16,18 +16,23 @@ DEVICE = click.option("--device", default="auto", show_default=True,
                       help="auto (CUDA if present, else CPU), cpu, cuda or cuda:N.")
 OVERWRITE = click.option("--overwrite", is_flag=True,
                          help="Replace a run made with other settings (never done silently).")
+SYNC_BN = click.option("--sync-bn", is_flag=True,
+                       help="Under torchrun on GPUs: BatchNorm statistics over the global batch "
+                            "(default: per rank, as torchvision's reference).")
 
 
 class Group(click.Group):
     """Turns TfkdError into one line on stderr and exit status 2 (tracebacks only with --debug)."""
 
     def invoke(self, ctx):
+        from . import distributed
         try:
             return super().invoke(ctx)
         except TfkdError as e:
             if ctx.obj and ctx.obj.get("debug"):
                 traceback.print_exc()
-            click.echo(f"tfkd: error: {e}", err=True)
+            world = distributed.current()
+            click.echo(f"tfkd: error: {f'rank {world.rank}: ' if world.distributed else ''}{e}", err=True)
             sys.exit(2)
         except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException, SystemExit):
             raise
@@ -39,6 +44,8 @@ class Group(click.Group):
                 raise
             click.echo(f"tfkd: error: {type(e).__name__}: {e} (rerun with --debug for the traceback)", err=True)
             sys.exit(1)
+        finally:
+            distributed.shutdown()
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -54,6 +61,7 @@ def main(ctx, debug):
     checkpoints after epochs 1 and 50, the defective teachers), then `cache` its logits.
     Stage two: `distill` students from the cached logits; no teacher network is loaded.
     Experiments live in params.yaml; `dvc repro` runs them all, each stage is a subcommand.
+    train, cache and distill also run data-parallel under torchrun (see README, Scaling out).
     """
     ctx.ensure_object(dict)["debug"] = debug
 
@@ -64,8 +72,10 @@ def _params(path):
 
 
 def _device(name):
+    """The device of this process: under torchrun, this rank's (after joining the process group)."""
+    from . import distributed
     from .train import pick_device
-    return pick_device(name)
+    return distributed.init(name) or pick_device(name)
 
 
 @main.command()
@@ -105,7 +115,8 @@ def prepare(kind, source, name, out, params_path):
 @PARAMS
 @DEVICE
 @OVERWRITE
-def train(experiment, seeds, params_path, device, overwrite):
+@SYNC_BN
+def train(experiment, seeds, params_path, device, overwrite, sync_bn):
     """Train EXPERIMENT (a `train:` entry of params.yaml) from scratch: baseline CE, label
     smoothing (method: lsr) or Tf-KD reg (method: reg).
 
@@ -113,13 +124,17 @@ def train(experiment, seeds, params_path, device, overwrite):
     teachers), the final and the best-on-test one, each with optimizer and RNG state; resumes
     from runs/EXPERIMENT/s<seed>/last.pt when interrupted. Writes metrics.json (results only),
     timing.json and history.tsv per seed, and runs/EXPERIMENT.json over seeds.
+
+    \b
+    Data-parallel: torchrun --nproc_per_node N -m pipeline train EXPERIMENT
+    (batch_size stays the global batch; each rank takes batch_size/N of every step).
     """
     from . import stages
     p = _params(params_path)
     if p.role_of(experiment) != "train":
         raise TfkdError(f"{experiment} is a distill experiment: run 'tfkd cache {experiment}' then "
                         f"'tfkd distill {experiment}'")
-    stages.train(p, experiment, seeds, _device(device), overwrite)
+    stages.train(p, experiment, seeds, _device(device), overwrite, sync_bn=sync_bn)
 
 
 @main.command("cache")
@@ -144,6 +159,7 @@ def cache_cmd(experiment, seeds, params_path, device, checkpoint, model, width, 
                                'clean' (one vector per un-augmented image: cheaper, approximate).
     tfkd cache --checkpoint FILE --model M --data data/prepared/X.npz --out cache/NAME.h5
                                any external checkpoint -> a clean cache.
+    Under torchrun the ranks share the teacher inference; rank 0 writes the one file.
     """
     from . import stages
     dev = _device(device)
@@ -155,13 +171,14 @@ def cache_cmd(experiment, seeds, params_path, device, checkpoint, model, width, 
         raise TfkdError(f"give an EXPERIMENT, or {' '.join(missing)} for an external checkpoint")
     if os.path.exists(out) and not overwrite:
         raise TfkdError(f"{out} exists; pass --overwrite to replace it")
-    from . import cache, data
+    from . import cache, data, distributed
     from .train import DeviceData
     ddata = DeviceData(data.load(data_path), dev)
     teacher, ckpt = cache.load_teacher(checkpoint, model, width, ddata.data.num_classes, ddata.data.channels)
     attrs = stages.describe_teacher(teacher.to(dev), ddata, checkpoint, ckpt, model, width, "external", 0, {})
     cache.write(out, teacher, ddata, "clean", attrs)
-    click.echo(f"wrote {out} (teacher {model}, test {attrs['teacher_test_acc']:.2f}%)")
+    if distributed.current().is_main:
+        click.echo(f"wrote {out} (teacher {model}, test {attrs['teacher_test_acc']:.2f}%)")
 
 
 @main.command()
@@ -170,7 +187,8 @@ def cache_cmd(experiment, seeds, params_path, device, checkpoint, model, width, 
 @PARAMS
 @DEVICE
 @OVERWRITE
-def distill(experiment, seeds, params_path, device, overwrite):
+@SYNC_BN
+def distill(experiment, seeds, params_path, device, overwrite, sync_bn):
     """Train the student of EXPERIMENT (a `distill:` entry) from its cache: normal KD, Re-KD,
     De-KD or Tf-KD self; they differ only in the teacher the entry names.
 
@@ -180,12 +198,13 @@ def distill(experiment, seeds, params_path, device, overwrite):
     where KLDivLoss_mean divides by batch x classes. loss_form: paper uses the per-sample KL
     with no T^2 and no multiplier (Eq. 3): the reference's alpha/T/multiplier do not carry over.
     The cache is checked against the dataset and the run before the first step.
+    Data-parallel like train: torchrun --nproc_per_node N -m pipeline distill EXPERIMENT
     """
     from . import stages
     p = _params(params_path)
     if p.role_of(experiment) != "distill":
         raise TfkdError(f"{experiment} is a train experiment: run 'tfkd train {experiment}'")
-    stages.train(p, experiment, seeds, _device(device), overwrite)
+    stages.train(p, experiment, seeds, _device(device), overwrite, sync_bn=sync_bn)
 
 
 @main.command()
@@ -237,6 +256,8 @@ def bench(student, teacher, width, batch_size, steps, data_path, out, device):
     Runs on CPU (tiny sizes by default) and GPU. Record GPU figures in BENCHMARKS.md.
     """
     from . import bench as b, data
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise TfkdError("tfkd bench measures one process on one device; run it without torchrun")
     dev = _device(device)
     gpu = dev.type == "cuda"
     result = b.run(data.load(data_path), dev, student, teacher, width or (1.0 if gpu else 0.125),

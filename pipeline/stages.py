@@ -9,7 +9,7 @@ import json
 import os
 import statistics
 
-from . import augment, cache, data as datasets
+from . import augment, cache, data as datasets, distributed
 from .errors import TfkdError
 from .files import write_text
 from .train import DeviceData, fit
@@ -42,6 +42,8 @@ def _skip(params, name, log, folder="runs"):
     and an empty summary, which the report shows as missing: never a result."""
     if params.selected(name):
         return False
+    if not distributed.current().is_main:
+        return True
     write_text(os.path.join(folder, name, "SKIPPED"), f"not in profile {params.profile_name}\n")
     if folder == "runs":
         write_summary(params, name, [])
@@ -49,8 +51,10 @@ def _skip(params, name, log, folder="runs"):
     return True
 
 
-def train(params, name, seeds, device, overwrite=False, log=print):
+def train(params, name, seeds, device, overwrite=False, log=print, sync_bn=False):
     """Train experiment `name` (a train or distill entry) for each seed; distill reads its cache."""
+    world = distributed.current()
+    log = world.quiet(log)
     if _skip(params, name, log):
         return []
     results, ddata = [], None
@@ -64,8 +68,11 @@ def train(params, name, seeds, device, overwrite=False, log=print):
             logits, _ = cache.load(cache_path(name, seed), ddata.data, cfg.cache_policy,
                                    ddata.data.num_classes, key, cfg.epochs, cfg.aug_spec)
             teacher = cache.CacheTeacher(logits, device)
-        results.append(fit(cfg, ddata, run_dir(name, seed), device, teacher, overwrite, log))
-    write_summary(params, name, [s for s in params.seeds if os.path.exists(os.path.join(run_dir(name, s), "metrics.json"))])
+        results.append(fit(cfg, ddata, run_dir(name, seed), device, teacher, overwrite, log,
+                           sync_bn=sync_bn))
+    if world.is_main:
+        write_summary(params, name, [s for s in params.seeds
+                                     if os.path.exists(os.path.join(run_dir(name, s), "metrics.json"))])
     return results
 
 
@@ -85,6 +92,8 @@ def teacher_checkpoint(params, cfg):
 
 def make_cache(params, name, seeds, device, log=print):
     """Write cache/<name>/s<seed>.h5 for distill experiment `name`: its teacher's logits."""
+    world = distributed.current()
+    log = world.quiet(log)
     if params.role_of(name) != "distill":
         raise TfkdError(f"{name} is a train experiment; 'tfkd cache' takes a distill experiment")
     if _skip(params, name, log, "cache"):
@@ -104,7 +113,7 @@ def make_cache(params, name, seeds, device, log=print):
         attrs = describe_teacher(model.to(device), ddata, ckpt_path, ckpt, tcfg.model, tcfg.width,
                                  str(cfg.teacher_checkpoint), seed, cfg.to_dict())
         out = cache_path(name, seed)
-        if os.path.exists(out) and _same_cache(out, attrs, cfg, key, data.fingerprint):
+        if world.on_main(lambda: os.path.exists(out) and _same_cache(out, attrs, cfg, key, data.fingerprint)):
             log(f"[{name} s{seed}] cache up to date: {out}")
         else:
             log(f"[{name} s{seed}] caching {tcfg.model} ({ckpt_path}, test {attrs['teacher_test_acc']:.2f}%) "

@@ -12,7 +12,7 @@ import time
 
 import torch
 
-from . import __version__, augment
+from . import __version__, augment, distributed
 from .errors import TfkdError
 from .files import atomic_path, write_text
 from .losses import Objective
@@ -71,19 +71,36 @@ def forward(model, x):
     return head(features.float())
 
 
+class Mixed(torch.nn.Module):
+    """`model` whose forward is forward() above: the precision policy as one module, so that
+    DistributedDataParallel can wrap it whole. Checkpoints hold `model`'s own state_dict."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return forward(self.model, x)
+
+
 @torch.no_grad()
 def evaluate(model, ddata, batch_size):
-    """(mean CE loss, top-1 %) on the test set, teacher-style: eval mode, no augmentation."""
+    """(mean CE loss, top-1 %) on the test set, teacher-style: eval mode, no augmentation.
+    Under torchrun each rank scores its shard and the sums are reduced: every rank gets the same."""
     model.eval()
+    world = distributed.current()
     loss = torch.zeros((), device=ddata.device)
     correct = torch.zeros((), dtype=torch.int64, device=ddata.device)
-    for i in range(0, len(ddata.y_test), batch_size):
-        x, y = ddata.x_test[i:i + batch_size], ddata.y_test[i:i + batch_size]
+    mine = world.shard(range(len(ddata.y_test)))
+    for i in range(mine.start, mine.stop, batch_size):
+        j = min(i + batch_size, mine.stop)
+        x, y = ddata.x_test[i:j], ddata.y_test[i:j]
         out = forward(model, x)
         loss += torch.nn.functional.cross_entropy(out, y, reduction="sum")
         correct += (out.argmax(1) == y).sum()
+    loss, correct = world.sum(torch.stack([loss.double(), correct.double()])).tolist()
     n = len(ddata.y_test)
-    return loss.item() / n, 100.0 * correct.item() / n
+    return loss / n, 100.0 * correct / n
 
 
 def learning_rate(cfg, epoch, step, steps_per_epoch):
@@ -93,12 +110,13 @@ def learning_rate(cfg, epoch, step, steps_per_epoch):
     return cfg.step_lr * cfg.gamma ** sum(epoch >= m for m in cfg.milestone_epochs)
 
 
-def train_step(model, opt, objective, x, y, teacher_logits=None):
-    """One SGD step of any method; returns the detached (loss, logits)."""
-    out = forward(model, x)
+def train_step(net, opt, objective, x, y, teacher_logits=None, weight=1.0):
+    """One SGD step of any method; returns the detached (loss, logits). `net` is Mixed(model),
+    maybe inside DDP; `weight` scales this rank's loss so DDP's average is the global-batch mean."""
+    out = net(x)
     loss = objective(out, y, teacher_logits)
     opt.zero_grad(set_to_none=True)
-    loss.backward()
+    (loss * weight if weight != 1.0 else loss).backward()
     opt.step()
     return loss.detach(), out.detach()
 
@@ -176,24 +194,40 @@ def _set_rng_state(state):
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def fit(cfg, data, run_dir, device, teacher=None, overwrite=False, log=print, stop_after=None):
+def _resume_point(rd, digest, overwrite):
+    """('done', metrics) for a run finished with these settings, else ('resume', state or None)."""
+    if rd.finished_digest() == digest:
+        with open(rd.file("metrics.json")) as f:
+            return "done", json.load(f)
+    state = rd.resume_state(digest, overwrite)
+    os.makedirs(rd.path, exist_ok=True)
+    return "resume", state
+
+
+def fit(cfg, data, run_dir, device, teacher=None, overwrite=False, log=print, stop_after=None, sync_bn=False):
     """Train one run to the end (resuming if possible); returns its metrics dict.
 
     `teacher` supplies KD targets: an object with .logits(epoch, index, x) -> [B, K] float.
     `stop_after` (tests only) returns after that many epochs, as if the process had been killed.
+    Under torchrun every rank calls this; rank 0 decides about resuming and writes every file.
+    BatchNorm statistics are per rank (as in torchvision's reference) unless `sync_bn`.
     """
+    world = distributed.current()
+    log = world.quiet(log)
+    if sync_bn and world.distributed and device.type != "cuda":
+        raise TfkdError("--sync-bn needs GPUs (PyTorch's SyncBatchNorm has no CPU kernels); drop it on CPU")
     rd = RunDir(run_dir)
     digest = cfg.digest()
-    if rd.finished_digest() == digest:
-        with open(rd.file("metrics.json")) as f:
-            log(f"[{cfg.name} s{cfg.seed}] already finished with these settings: {rd.path}")
-            return json.load(f)
-    state = rd.resume_state(digest, overwrite)
-    os.makedirs(rd.path, exist_ok=True)
+    kind, state = world.on_main(lambda: _resume_point(rd, digest, overwrite))
+    if kind == "done":
+        log(f"[{cfg.name} s{cfg.seed}] already finished with these settings: {rd.path}")
+        return state
 
     ddata = DeviceData(data, device) if not isinstance(data, DeviceData) else data
     data = ddata.data
     model = model_for(cfg, data, device)
+    if sync_bn and world.distributed:
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)  # BN over the global batch
     opt = make_optimizer(model, cfg, device)
     objective = Objective(cfg.method, data.num_classes, cfg.alpha, cfg.temperature, cfg.multiplier,
                           cfg.label_smoothing, cfg.correct_prob, cfg.loss_form).to(device)
@@ -203,6 +237,9 @@ def fit(cfg, data, run_dir, device, teacher=None, overwrite=False, log=print, st
     spec = cfg.aug_spec
     n, bs = len(data.y_train), cfg.batch_size
     steps = math.ceil(n / bs)  # the last partial batch is kept, as in the reference
+    if world.size > min(bs, n % bs or bs):
+        raise TfkdError(f"{cfg.name}: a batch of {min(bs, n % bs or bs)} samples cannot be split over "
+                        f"{world.size} ranks (batch_size {bs} is the global batch); use fewer processes")
     start, best, history, timing = 0, (-1.0, 0), [], []
     if state is not None:
         model.load_state_dict(state["model"])
@@ -210,6 +247,7 @@ def fit(cfg, data, run_dir, device, teacher=None, overwrite=False, log=print, st
         start, best, history, timing = state["epoch"], tuple(state["best"]), state["history"], state["timing"]
         _set_rng_state(state["rng"])
         log(f"[{cfg.name} s{cfg.seed}] resuming after epoch {start} from {rd.file('last.pt')}")
+    net = world.wrap(Mixed(model), device)
     meta = {"model_name": cfg.model, "width": cfg.width, "num_classes": data.num_classes,
             "in_channels": data.channels, "dataset": data.name, "dataset_fingerprint": data.fingerprint,
             "config": cfg.to_dict(), "digest": digest, "package_version": __version__}
@@ -226,20 +264,25 @@ def fit(cfg, data, run_dir, device, teacher=None, overwrite=False, log=print, st
             lr = learning_rate(cfg, epoch, step, steps)
             for group in opt.param_groups:
                 group["lr"] = lr
-            index = order[step * bs:(step + 1) * bs]
+            batch = order[step * bs:(step + 1) * bs]
+            index = world.shard(batch)  # this rank's part of the global batch
             x, y = ddata.view(index, key, epoch, spec), ddata.y_train[index]
             t_logits = teacher.logits(epoch, index, x) if objective.needs_teacher else None
-            loss, out = train_step(model, opt, objective, x, y, t_logits)
+            loss, out = train_step(net, opt, objective, x, y, t_logits, len(index) * world.size / len(batch))
             # No host sync per step: accumulate on the device, check once per epoch.
             loss_sum += loss * len(index)
             correct += (out.argmax(1) == y).sum()
             first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss),
                                     torch.tensor(step, device=device), first_bad)
-        if first_bad.item() >= 0:
+        loss_sum, correct, bad = world.sum(torch.stack([loss_sum.double(), correct.double(),
+                                                        (first_bad >= 0).double()])).tolist()
+        if bad:
+            where = f"step {first_bad.item() + 1}" if first_bad.item() >= 0 else "on another rank"
             raise TfkdError(f"{cfg.name} s{cfg.seed}: the loss became NaN/inf in epoch {epoch + 1}, "
-                            f"step {first_bad.item() + 1}; the last good checkpoint is kept in {rd.path} "
+                            f"{where}; the last good checkpoint is kept in {rd.path} "
                             f"(lower lr, or check the inputs)")
-        train_loss, train_acc = loss_sum.item() / n, 100.0 * correct.item() / n
+        train_loss, train_acc = loss_sum / n, 100.0 * correct / n
+        world.sync_buffers(model)  # every rank evaluates (and rank 0 saves) the same BN statistics
         test_loss, test_acc = evaluate(model, ddata, cfg.eval_batch_size)
         seconds = time.perf_counter() - t0
         done = epoch + 1
@@ -247,14 +290,15 @@ def fit(cfg, data, run_dir, device, teacher=None, overwrite=False, log=print, st
             best = (test_acc, done)
         history.append([done, lr, train_loss, train_acc, test_loss, test_acc])
         timing.append(seconds)
-        state = dict(meta, model=model.state_dict(), optimizer=opt.state_dict(), epoch=done,
-                     best=list(best), history=history, timing=timing, rng=_rng_state(), test_acc=test_acc)
-        if best[1] == done:
-            rd.save_checkpoint("best.pt", state)
-        if done in cfg.save_epochs:
-            rd.save_checkpoint(os.path.basename(rd.checkpoint(done)), state)
-        rd.save_checkpoint("last.pt", state)
-        write_history(rd.file("history.tsv"), history)
+        if world.is_main:
+            state = dict(meta, model=model.state_dict(), optimizer=opt.state_dict(), epoch=done,
+                         best=list(best), history=history, timing=timing, rng=_rng_state(), test_acc=test_acc)
+            if best[1] == done:
+                rd.save_checkpoint("best.pt", state)
+            if done in cfg.save_epochs:
+                rd.save_checkpoint(os.path.basename(rd.checkpoint(done)), state)
+            rd.save_checkpoint("last.pt", state)
+            write_history(rd.file("history.tsv"), history)
         eta = seconds * (cfg.epochs - done)
         log(f"[{cfg.name} s{cfg.seed}] epoch {done}/{cfg.epochs} lr {lr:.4f} loss {train_loss:.3f} "
             f"train {train_acc:.2f}% test {test_acc:.2f}% (best {best[0]:.2f}%) "
@@ -267,10 +311,14 @@ def fit(cfg, data, run_dir, device, teacher=None, overwrite=False, log=print, st
                "epochs": cfg.epochs, "best_top1": best[0], "best_epoch": best[1],
                "final_top1": history[-1][5], "final_test_loss": history[-1][4],
                "config_digest": digest, "package_version": __version__, "params": cfg.to_dict()}
-    write_text(rd.file("metrics.json"), json.dumps(metrics, indent=2) + "\n")
-    write_text(rd.file("timing.json"), json.dumps(
-        {"device": device_name(device), "epoch_seconds": timing, "total_seconds": sum(timing),
-         "images_per_second": n * len(timing) / max(sum(timing), 1e-9)}, indent=2) + "\n")
+    if world.is_main:
+        write_text(rd.file("metrics.json"), json.dumps(metrics, indent=2) + "\n")
+        write_text(rd.file("timing.json"), json.dumps(
+            {"device": device_name(device), "ranks": world.size, "sync_bn": bool(sync_bn and world.distributed),
+             "epoch_seconds": timing,
+             "total_seconds": sum(timing), "images_per_second": n * len(timing) / max(sum(timing), 1e-9)},
+            indent=2) + "\n")
+    world.barrier()  # the files exist before any rank goes on to a stage that reads them
     return metrics
 
 

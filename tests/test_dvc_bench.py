@@ -12,8 +12,8 @@ from conftest import ROOT, TINY_PARAMS
 from pipeline.cli import main
 
 
-def sh(*cmd, cwd):
-    env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"])
+def sh(*cmd, cwd, **env_vars):
+    env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"], **env_vars)
     res = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
     assert res.returncode == 0, res.stdout + res.stderr
     return res.stdout
@@ -26,7 +26,10 @@ def test_dvc_repro_runs_teachers_caches_students_and_reruns_only_what_changed(tm
     sh("git", "init", "-q", cwd=tmp_path)
     sh("dvc", "init", "-q", cwd=tmp_path)
     sh("dvc", "config", "core.analytics", "false", cwd=tmp_path)
-    out = sh("dvc", "repro", cwd=tmp_path)
+    # the first repro runs every tfkd stage data-parallel: torchrun, 2 gloo ranks (README, Scaling out)
+    out = sh("dvc", "repro", cwd=tmp_path, OMP_NUM_THREADS="1",
+             TFKD_LAUNCH="torchrun --standalone --nproc_per_node 2 --no-python")
+    assert json.loads((tmp_path / "runs" / "base_resnet18" / "s230" / "timing.json").read_text())["ranks"] == 2
     for stage in ("prepare", "train@base_resnet18", "cache@kd_r18_r18", "distill@kd_r18_r18", "distill@kd_r18_r18_clean"):
         assert f"'{stage}'" in out
     metrics = json.loads((tmp_path / "runs" / "kd_r18_r18.json").read_text())
