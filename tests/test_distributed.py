@@ -77,6 +77,15 @@ def test_train_cache_distill_on_two_gloo_ranks(tiny):
     model = model_for(params.run("base_resnet18", 230), ddata.data, torch.device("cpu"))
     model.load_state_dict(torch.load(run / "last.pt", weights_only=True)["model"])
     assert evaluate(model, ddata, 1000)[1] == metrics["final_top1"]
+    # interrupted after epoch 1 (rank 0 reads last.pt and hands it to rank 1): the resumed run
+    # ends with the same weights as the uninterrupted one; a finished run is not run again
+    final = torch.load(run / "last.pt", weights_only=True)["model"]
+    (run / "metrics.json").unlink()
+    (run / "last.pt").write_bytes((run / "epoch_0001.pt").read_bytes())
+    assert "resuming after epoch 1" in ok(torchrun("train", "base_resnet18"))
+    resumed = torch.load(run / "last.pt", weights_only=True)["model"]
+    assert all(torch.equal(final[k], resumed[k]) for k in final)
+    assert "already finished" in ok(torchrun("train", "base_resnet18"))
 
     # the 2-rank cache equals the 1-rank cache (clean and replay views)
     for exp in ("kd_r18_r18", "kd_r18_r18_clean"):
