@@ -73,12 +73,11 @@ class World:
         sample order, on every rank (shards are padded to one size for all_gather)."""
         if not self.distributed:
             return rows
-        width = -(-n // self.size)
-        padded = rows.new_zeros((width,) + tuple(rows.shape[1:]))
+        sizes = [len(World(r, self.size).shard(range(n))) for r in range(self.size)]
+        padded = rows.new_zeros((max(sizes),) + tuple(rows.shape[1:]))
         padded[:len(rows)] = rows
         parts = [torch.empty_like(padded) for _ in range(self.size)]
         dist.all_gather(parts, padded)
-        sizes = [(r + 1) * n // self.size - r * n // self.size for r in range(self.size)]
         return torch.cat([p[:s] for p, s in zip(parts, sizes)])
 
     def sync_buffers(self, model):
@@ -114,13 +113,12 @@ def init(device_name="auto"):
     size = int(os.environ.get("WORLD_SIZE", "1"))
     if size <= 1:
         return None
+    from .train import pick_device
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
-    want_cuda = device_name != "cpu" and torch.cuda.is_available()
-    if device_name.startswith("cuda") and not torch.cuda.is_available():
-        raise TfkdError(f"--device {device_name}: no CUDA device is available here; use --device cpu")
     if device_name.startswith("cuda:"):
         raise TfkdError(f"--device {device_name}: under torchrun each rank takes cuda:LOCAL_RANK; "
                         f"pass --device cuda (or auto) and choose GPUs with CUDA_VISIBLE_DEVICES")
+    want_cuda = pick_device(device_name).type == "cuda"
     if want_cuda:
         if local_rank >= torch.cuda.device_count():
             raise TfkdError(f"rank {rank}: LOCAL_RANK {local_rank} but only {torch.cuda.device_count()} "
