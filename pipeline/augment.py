@@ -21,6 +21,7 @@ AUG_VERSION = 1
 
 # Streams keep the random numbers of different decisions independent.
 ORDER, CROP_Y, CROP_X, FLIP, ANGLE = range(5)
+STREAMS = 5
 _MASK = 0xFFFFFFFF
 
 
@@ -46,11 +47,19 @@ def _mix(x):
     return x ^ (x >> 16)
 
 
-def uniform(key, epoch, index, stream):
-    """U[0,1) float32 for each sample index (an int64 tensor): a pure function of its arguments."""
-    # The (key, epoch, stream) part is one scalar: hash it once in Python (_mix works on ints too).
-    head = _mix((int(key) ^ (int(epoch) * 0x9E3779B1) ^ (int(stream) * 0x85EBCA77)) & _MASK)
-    h = _mix((index.to(torch.int64) & _MASK) ^ head)
+def seeds(key, epoch):
+    """The five streams' 32-bit seeds of one epoch of run `key` (hashed once, in Python).
+
+    Everything below takes these instead of (key, epoch): as Python ints in eager code, or as an
+    int64 device tensor that a captured CUDA graph reads, so one graph serves every epoch.
+    """
+    return [_mix((int(key) ^ (int(epoch) * 0x9E3779B1) ^ (stream * 0x85EBCA77)) & _MASK)
+            for stream in range(STREAMS)]
+
+
+def uniform(seed, index):
+    """U[0,1) float32 for each sample index (an int64 tensor): a pure function of seed and index."""
+    h = _mix((index.to(torch.int64) & _MASK) ^ seed)
     return (h >> 8).to(torch.float32) * (1.0 / (1 << 24))  # 24 bits: exact in float32
 
 
@@ -58,11 +67,12 @@ def epoch_order(key, epoch, n, device="cpu"):
     """The epoch's sample order: a permutation that depends only on (key, epoch, n)."""
     idx = torch.arange(n, device=device)
     # Stable sort: the rare equal keys keep index order, the same on every device.
-    return torch.sort(uniform(key, epoch, idx, ORDER), stable=True).indices
+    return torch.sort(uniform(seeds(key, epoch)[ORDER], idx), stable=True).indices
 
 
-def views(images, index, key, epoch, spec):
-    """Augmented uint8 views [B,H,W,C] of images[index] (images: uint8 [N,H,W,C] on the device)."""
+def views(images, index, seeds, spec):
+    """Augmented uint8 views [B,H,W,C] of images[index] (images: uint8 [N,H,W,C] on the device)
+    in the epoch whose `seeds` are given (see seeds())."""
     src = images[index]
     b, h, w, c = src.shape
     dev = src.device
@@ -70,7 +80,7 @@ def views(images, index, key, epoch, spec):
     cols = torch.arange(w, device=dev, dtype=torch.float32).view(1, 1, w)
     # Inverse of the rotation about the image centre: output pixel -> pixel of the flipped crop.
     if spec.rotate:
-        theta = (uniform(key, epoch, index, ANGLE) * 2 - 1) * (spec.rotate * torch.pi / 180)
+        theta = (uniform(seeds[ANGLE], index) * 2 - 1) * (spec.rotate * torch.pi / 180)
         cos, sin = torch.cos(theta).view(b, 1, 1), torch.sin(theta).view(b, 1, 1)
         cy, cx = (h - 1) / 2, (w - 1) / 2
         dy, dx = rows - cy, cols - cx
@@ -81,12 +91,12 @@ def views(images, index, key, epoch, spec):
         q = cols.to(torch.int64).expand(b, h, w)
     valid = (r >= 0) & (r < h) & (q >= 0) & (q < w)  # rotation fills with 0 outside the crop
     if spec.flip:
-        flip = (uniform(key, epoch, index, FLIP) < 0.5).view(b, 1, 1)
+        flip = (uniform(seeds[FLIP], index) < 0.5).view(b, 1, 1)
         q = torch.where(flip, w - 1 - q, q)
     if spec.pad:
         span = 2 * spec.pad + 1
-        oy = (uniform(key, epoch, index, CROP_Y) * span).to(torch.int64).view(b, 1, 1) - spec.pad
-        ox = (uniform(key, epoch, index, CROP_X) * span).to(torch.int64).view(b, 1, 1) - spec.pad
+        oy = (uniform(seeds[CROP_Y], index) * span).to(torch.int64).view(b, 1, 1) - spec.pad
+        ox = (uniform(seeds[CROP_X], index) * span).to(torch.int64).view(b, 1, 1) - spec.pad
         r, q = r + oy, q + ox
         valid &= (r >= 0) & (r < h) & (q >= 0) & (q < w)  # zero padding outside the image
     flat = (r.clamp(0, h - 1) * w + q.clamp(0, w - 1)).view(b, h * w, 1).expand(b, h * w, c)

@@ -1,104 +1,131 @@
 """`tfkd bench`: throughput of every stage in ONE run, on the same data, as ratios.
 
-Rows (img/s): teacher inference as cache writing does it; student training with CE; with KD from
-a cached [N, K] logit table; with the teacher run online; and a reference-style loop (fp32, eager,
+Rows (img/s): teacher inference as cache writing does it (steady state, and a whole replay cache
+file end to end, HDF5 included); student training with CE, LSR, Tf-KD reg, KD from a cached
+[N, K] logit table and KD with the teacher run online; and a reference-style loop (fp32, eager,
 batch 128, the teacher run online with autograd on, as the reference code did) as the baseline.
-Every training row runs the same step as `tfkd train` (train.train_step) on augmented views made on
-the device; only the reference row turns off what the product adds (bf16, channels_last).
+Every product row runs the code of the real stages (step.TrainStep, cache._logit_blocks and
+cache.write) with the same fast path; only the reference row turns off what the product adds.
+
+`check` trains a few steps eagerly and with each fast form from the same weights on the same
+batches and compares the losses and the weights: the fast path must keep the maths.
 """
 import datetime
 import json
+import os
 import platform
 import sys
+import tempfile
 import time
 
 import torch
 
-from . import __version__, augment
-from .cache import CacheTeacher
+from . import __version__, augment, cache, capture
 from .config import RunConfig
 from .losses import Objective
-from .train import DeviceData, Mixed, OnlineTeacher, device_name, forward, make_optimizer, model_for, train_step
+from .step import TrainStep
+from .train import DeviceData, Mixed, OnlineTeacher, device_name, make_optimizer, model_for
+
+# A fast form keeps the maths when, after `check`'s steps, every step's loss is within LOSS_RTOL of
+# the eager step's and the weights within WEIGHT_RTOL (relative L2): bf16 rounding, not a bug.
+LOSS_RTOL, WEIGHT_RTOL = 2e-2, 1e-2
 
 
 def _timed(fn, steps, warmup, device):
     for _ in range(warmup):
         fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+    _sync(device)
     t0 = time.perf_counter()
     for _ in range(steps):
         fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+    _sync(device)
     return time.perf_counter() - t0
 
 
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _batches(n, bs, device):
+    """next_index() -> the next batch of sample indices, cycling over one fixed order."""
+    order = augment.epoch_order(1, 0, n, device)
+    state = {"i": 0}
+
+    def next_index():
+        i = state["i"]
+        state["i"] = (i + bs) % max(n - bs, 1)
+        return order[i:i + bs]
+    return next_index
+
+
+def _student(cfg, data, device, objective, ddata, teacher, graph, compile):
+    model = model_for(cfg, data, device)
+    opt = make_optimizer(model, cfg, device)
+    step = TrainStep(Mixed(model), opt, objective, ddata, augment.AugmentSpec(), teacher, cfg.batch_size, graph,
+                     capture.compiled(Mixed(model), compile))
+    step.start_epoch(1, 0)
+    return model, step
+
+
 def run(data, device, student="resnet18", teacher="resnet18", width=1.0, batch_size=128,
-        infer_batch_size=1024, steps=50, warmup=5, log=print):
+        infer_batch_size=1024, steps=50, warmup=5, cache_epochs=10, graph=None, compile=None, log=print):
+    graph, compile = capture.fast_path(device, 1, graph, compile)
     ddata = DeviceData(data, device)
     n, k = len(data.y_train), data.num_classes
     spec = augment.AugmentSpec()
     cfg = RunConfig(name="bench", role="distill", model=student, width=width, batch_size=batch_size)
     tcfg = RunConfig(name="bench-teacher", role="train", model=teacher, width=width)
     tmodel = model_for(tcfg, data, device).eval()
-    table = torch.randn(n, k, device=device).half()  # a cached clean table: read cost is what matters
     results = {}
 
-    def batches(bs):
-        order = augment.epoch_order(1, 0, n, device)
-        state = {"i": 0}
+    def record(label, rate):
+        results[label] = rate
+        log(f"  {label}: {rate:,.0f} img/s")
 
-        def next_index():
-            i = state["i"]
-            state["i"] = (i + bs) % max(n - bs, 1)
-            return order[i:i + bs]
-        return next_index
+    # 1. cache writing: the teacher in eval mode over every epoch's augmented views (replay policy).
+    # Steady state: the passes after the first two (compilation, capture).
+    blocks = cache._logit_blocks(tmodel, ddata, "replay", 1, cache_epochs + 2, spec, infer_batch_size, graph, compile)
+    for _ in range(2):
+        next(blocks)
+    seconds = _timed(lambda: next(blocks), cache_epochs, 0, device)
+    record("cache_write", cache_epochs * n / seconds)
+    # End to end: one replay cache file of `cache_epochs` epochs, HDF5 write and start-up included.
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        cache.write(os.path.join(tmp, "bench.h5"), tmodel, ddata, "replay", {}, 1, cache_epochs, spec,
+                    infer_batch_size, log=lambda *a: None, graph=graph, compile=compile)
+        record("cache_file", cache_epochs * n / (time.perf_counter() - t0))
 
-    # 1. cache writing: eval-mode teacher over augmented views (the replay policy's work)
-    nxt = batches(infer_batch_size)
+    # 2. student training: the step of tfkd train / distill, one row per kind of target
+    def train_rate(label, objective, teacher=None):
+        _, step = _student(cfg, data, device, objective, ddata, teacher, graph, compile)
+        nxt = _batches(n, batch_size, device)
+        record(label, steps * batch_size / _timed(lambda: step(nxt(), 0.1), steps, warmup, device))
 
-    @torch.no_grad()
-    def infer():
-        forward(tmodel, ddata.view(nxt(), 1, 0, spec)).half()
-    seconds = _timed(infer, steps, warmup, device)
-    results["cache_write"] = steps * infer_batch_size / seconds
-    log(f"  cache writing ({teacher}, eval, batch {infer_batch_size}): {results['cache_write']:,.0f} img/s")
-
-    def train_rate(label, objective, teacher_of, reference=False, bs=batch_size):
-        model = model_for(cfg, data, device)
-        if reference:
-            model = model.to(memory_format=torch.contiguous_format)
-        opt = make_optimizer(model, cfg, device)
-        net = Mixed(model)  # the precision policy of tfkd train
-        nxt = batches(bs)
-
-        def step():
-            index = nxt()
-            x, y = ddata.view(index, 1, 0, spec), ddata.y_train[index]
-            if reference:
-                x = x.contiguous()
-                t = tmodel(x).detach() if teacher_of else None  # fp32, autograd on, as the reference
-                out = model(x)
-                loss = objective(out, y, t)
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-                loss.item()  # the reference synchronised every step (tqdm, running averages)
-            else:
-                train_step(net, opt, objective, x, y, teacher_of(index, x) if teacher_of else None)
-        seconds = _timed(step, steps, warmup, device)
-        results[label] = steps * bs / seconds
-        log(f"  {label}: {results[label]:,.0f} img/s")
-
-    ce = Objective("ce", k).to(device)
+    table = torch.randn(n, k, device=device).half()  # a cached table: the lookup cost is what matters
+    train_rate("train_ce", Objective("ce", k).to(device))
+    train_rate("train_lsr", Objective("lsr", k, label_smoothing=0.1).to(device))
+    train_rate("train_reg", Objective("reg", k, alpha=0.1, temperature=20.0, multiplier=100.0).to(device))
     kd = Objective("kd", k, alpha=0.9, temperature=4.0).to(device)
-    cached = CacheTeacher(table.cpu().numpy(), device)
-    online = OnlineTeacher(tmodel, round_to=None)
-    train_rate("train_ce", ce, None)
-    train_rate("train_kd_cache", kd, lambda index, x: cached.logits(0, index))
-    train_rate("train_kd_online", kd, lambda index, x: online.logits(0, index, x))
-    train_rate("reference_kd_online_fp32", kd, True, reference=True, bs=128)
+    train_rate("train_kd_cache", kd, cache.CacheTeacher(table.cpu().numpy(), device))
+    train_rate("train_kd_online", kd, OnlineTeacher(tmodel, round_to=None))
+
+    # 3. the reference code's way: fp32, eager, batch 128, teacher online with autograd on
+    model = model_for(cfg, data, device).to(memory_format=torch.contiguous_format)
+    opt = make_optimizer(model, cfg, device)
+    nxt = _batches(n, 128, device)
+
+    def reference_step():
+        index = nxt()
+        x, y = ddata.view(index, augment.seeds(1, 0), spec).contiguous(), ddata.y_train[index]
+        loss = kd(model(x), y, tmodel(x).detach())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        loss.item()  # the reference synchronised every step (tqdm, running averages)
+    record("reference_kd_online_fp32", steps * 128 / _timed(reference_step, steps, warmup, device))
+
     base = results["reference_kd_online_fp32"]
     ratios = {"kd_cache_vs_ce": results["train_kd_cache"] / results["train_ce"],
               "kd_cache_vs_reference": results["train_kd_cache"] / base,
@@ -109,13 +136,53 @@ def run(data, device, student="resnet18", teacher="resnet18", width=1.0, batch_s
             "package_version": __version__, "command": " ".join(["tfkd"] + sys.argv[1:]),
             "dataset": data.name, "student": student, "teacher": teacher, "width": width,
             "batch_size": batch_size, "infer_batch_size": infer_batch_size, "steps": steps,
+            "cache_epochs": cache_epochs, "graph": graph, "compile": compile,
             "images_per_second": results, "ratios": ratios}
 
 
+def check(data, device, model_name="resnet18", width=1.0, batch_size=128, steps=8, lr=0.01, graph=None,
+          compile=None, log=print):
+    """Eager vs each fast form (graph; graph + compile; compile alone on CPU): the same `steps`
+    KD-free CE steps from the same weights on the same batches. Returns a JSON-able report."""
+    graph, compile = capture.fast_path(device, 1, graph, compile)
+    forms = [("eager", False, False)]
+    if graph:
+        forms.append(("graph", True, False))
+    if compile:
+        forms.append(("graph+compile" if graph else "compile", graph, True))
+    ddata = DeviceData(data, device)
+    cfg = RunConfig(name="check", role="train", model=model_name, width=width, batch_size=batch_size)
+    objective = Objective("ce", data.num_classes).to(device)
+    order = augment.epoch_order(1, 0, len(data.y_train), device)
+    runs = {}
+    for name, g, c in forms:
+        model, step = _student(cfg, data, device, objective, ddata, None, g, c)
+        sums = []
+        for i in range(steps):
+            step(order[i * batch_size:(i + 1) * batch_size], lr)
+            sums.append(step.loss_sum.item())
+        losses = [(b - a) / batch_size for a, b in zip([0.0] + sums, sums)]
+        runs[name] = (losses, torch.cat([p.detach().float().flatten() for p in model.parameters()]))
+    eager_losses, eager_weights = runs["eager"]
+    report = {"device": device_name(device), "model": model_name, "width": width, "batch_size": batch_size,
+              "steps": steps, "loss_rtol": LOSS_RTOL, "weight_rtol": WEIGHT_RTOL, "eager_losses": eager_losses,
+              "forms": {}}
+    for name, (losses, weights) in runs.items():
+        if name == "eager":
+            continue
+        loss_err = max(abs(a - b) / abs(b) for a, b in zip(losses, eager_losses))
+        weight_err = ((weights - eager_weights).norm() / eager_weights.norm()).item()
+        ok = loss_err <= LOSS_RTOL and weight_err <= WEIGHT_RTOL
+        report["forms"][name] = {"losses": losses, "max_loss_rel_err": loss_err,
+                                 "weights_rel_l2_err": weight_err, "ok": ok}
+        log(f"  {name} vs eager over {steps} steps: loss rel err {loss_err:.2e}, weights rel L2 err "
+            f"{weight_err:.2e} -> {'OK' if ok else 'MISMATCH'}")
+    return report
+
+
 def table(result):
-    rows = [("| stage | img/s | × reference |", "|---|---:|---:|")]
     base = result["images_per_second"]["reference_kd_online_fp32"]
-    lines = list(rows[0])
+    lines = ["| stage | img/s | × reference |", "|---|---:|---:|"]
     for name, rate in result["images_per_second"].items():
         lines.append(f"| {name} | {rate:,.0f} | {rate / base:.2f} |")
     lines.append("")

@@ -17,7 +17,7 @@ import h5py
 import numpy as np
 import torch
 
-from . import __version__, augment, distributed
+from . import __version__, augment, capture, distributed
 from .errors import TfkdError
 from .files import atomic_path
 from .models import build_model
@@ -67,32 +67,49 @@ def load_teacher(path, model_name, width, num_classes, in_channels):
 
 
 @torch.no_grad()
-def _logit_blocks(model, ddata, policy, run_key, epochs, spec, batch_size):
+def _logit_blocks(model, ddata, policy, run_key, epochs, spec, batch_size, graph=False, compile=False):
     """(epoch, [N, K] float16 numpy) for each block of the cache, on every rank. Under torchrun each
-    rank runs the teacher on its shard of the samples and the shards are gathered in sample order."""
-    from .train import forward
+    rank runs the teacher on its shard of the samples and the shards are gathered in sample order.
+    Every epoch is the same pass over the same shapes, so with `graph` it is one CUDA graph."""
+    from .train import Mixed
     world = distributed.current()
     n, k, device = len(ddata.y_train), ddata.data.num_classes, ddata.device
     mine = world.shard(range(n))
+    index = torch.arange(mine.start, mine.stop, device=device)
+    rows = torch.empty((len(index), k), dtype=torch.float16, device=device)
+    seeds = torch.zeros(augment.STREAMS, dtype=torch.int64, device=device)
+    plain = Mixed(model)
+    fast = capture.compiled(plain, compile)
+
+    def one_pass():
+        for i in range(0, len(index), batch_size):
+            part = index[i:i + batch_size]
+            x = ddata.inputs(ddata.x_train[part]) if policy == "clean" else ddata.view(part, seeds, spec)
+            net = fast if len(part) == batch_size else plain  # one compiled shape; the last batch eager
+            rows[i:i + len(part)] = net(x).to(torch.float16)
+
+    passes = capture.Graphed(one_pass, graph, warmup=1)
     for epoch in range(epochs if policy == "replay" else 1):
-        parts = [torch.empty((0, k), dtype=torch.float16, device=device)]
-        for i in range(mine.start, mine.stop, batch_size):
-            index = torch.arange(i, min(i + batch_size, mine.stop), device=device)
-            x = ddata.inputs(ddata.x_train[index]) if policy == "clean" else ddata.view(index, run_key, epoch, spec)
-            parts.append(forward(model, x).to(torch.float16))
-        yield epoch, world.gather_rows(torch.cat(parts), n).cpu().numpy()
+        seeds.copy_(torch.tensor(augment.seeds(run_key, epoch)))
+        passes()
+        yield epoch, world.gather_rows(rows, n).to("cpu", copy=True).numpy()
 
 
-def write(path, model, ddata, policy, attrs, run_key=0, epochs=1, spec=None, batch_size=1024, log=print):
+def write(path, model, ddata, policy, attrs, run_key=0, epochs=1, spec=None, batch_size=1024, log=print,
+          graph=None, compile=None):
     """Run `model` (eval mode) over the training set and write the cache atomically (rank 0).
 
     clean: one un-augmented view per sample; replay: the student's views of epochs 0..epochs-1.
+    `graph` / `compile`: the fast path of capture.py (None: on for one CUDA device).
     """
     model.eval()
     world = distributed.current()
+    graph, compile = capture.fast_path(ddata.device, world.size, graph, compile)
+    if ddata.channels_last:
+        model = model.to(memory_format=torch.channels_last)
     data = ddata.data
     n, k = len(data.y_train), data.num_classes
-    blocks = _logit_blocks(model, ddata, policy, run_key, epochs, spec, batch_size)
+    blocks = _logit_blocks(model, ddata, policy, run_key, epochs, spec, batch_size, graph, compile)
     if not world.is_main:
         for _ in blocks:
             pass
@@ -176,9 +193,10 @@ class CacheTeacher:
     """Teacher logits looked up by (epoch, sample index) from a cache resident on the device."""
 
     def __init__(self, logits, device):
-        self.logits_table = torch.from_numpy(logits).to(device)
-        self.replay = self.logits_table.dim() == 3
+        table = torch.from_numpy(logits).to(device)
+        self.replay, self.n = table.dim() == 3, table.shape[-2]
+        self.rows = table.view(-1, table.shape[-1])  # replay: row epoch * N + index
 
     def logits(self, epoch, index, x=None):
-        table = self.logits_table[epoch] if self.replay else self.logits_table
-        return table[index].float()
+        """`epoch` is an int or a device tensor (as a captured step reads it); one gather either way."""
+        return self.rows[index + epoch * self.n if self.replay else index].float()

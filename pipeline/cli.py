@@ -16,6 +16,12 @@ DEVICE = click.option("--device", default="auto", show_default=True,
                       help="auto (CUDA if present, else CPU), cpu, cuda or cuda:N.")
 OVERWRITE = click.option("--overwrite", is_flag=True,
                          help="Replace a run made with other settings (never done silently).")
+GRAPH = click.option("--graph/--no-graph", default=None,
+                     help="Capture the whole training step (and each evaluation or cache pass) in one "
+                          "CUDA graph.  [default: on for one CUDA device; off on CPU and under torchrun]")
+COMPILE = click.option("--compile/--no-compile", default=None,
+                       help="torch.compile the model (compiled once per batch shape on first use; on CPU "
+                            "it needs a C++ compiler).  [default: as --graph]")
 SYNC_BN = click.option("--sync-bn", is_flag=True,
                        help="Under torchrun on GPUs: BatchNorm statistics over the global batch "
                             "(default: per rank, as torchvision's reference).")
@@ -116,7 +122,9 @@ def prepare(kind, source, name, out, params_path):
 @DEVICE
 @OVERWRITE
 @SYNC_BN
-def train(experiment, seeds, params_path, device, overwrite, sync_bn):
+@GRAPH
+@COMPILE
+def train(experiment, seeds, params_path, device, overwrite, sync_bn, graph, compile):
     """Train EXPERIMENT (a `train:` entry of params.yaml) from scratch: baseline CE, label
     smoothing (method: lsr) or Tf-KD reg (method: reg).
 
@@ -134,7 +142,7 @@ def train(experiment, seeds, params_path, device, overwrite, sync_bn):
     if p.role_of(experiment) != "train":
         raise TfkdError(f"{experiment} is a distill experiment: run 'tfkd cache {experiment}' then "
                         f"'tfkd distill {experiment}'")
-    stages.train(p, experiment, seeds, _device(device), overwrite, sync_bn=sync_bn)
+    stages.train(p, experiment, seeds, _device(device), overwrite, sync_bn=sync_bn, graph=graph, compile=compile)
 
 
 @main.command("cache")
@@ -149,7 +157,10 @@ def train(experiment, seeds, params_path, device, overwrite, sync_bn):
 @click.option("--data", "data_path", type=click.Path(dir_okay=False), help="With --checkpoint: a prepared dataset.")
 @click.option("--out", type=click.Path(dir_okay=False), help="With --checkpoint: the cache file to write.")
 @OVERWRITE
-def cache_cmd(experiment, seeds, params_path, device, checkpoint, model, width, data_path, out, overwrite):
+@GRAPH
+@COMPILE
+def cache_cmd(experiment, seeds, params_path, device, checkpoint, model, width, data_path, out, overwrite,
+              graph, compile):
     """Write a teacher's per-sample logits to HDF5 (stage one's output).
 
     \b
@@ -164,7 +175,7 @@ def cache_cmd(experiment, seeds, params_path, device, checkpoint, model, width, 
     from . import stages
     dev = _device(device)
     if experiment:
-        stages.make_cache(_params(params_path), experiment, seeds, dev)
+        stages.make_cache(_params(params_path), experiment, seeds, dev, graph=graph, compile=compile)
         return
     missing = [f"--{n}" for n, v in (("checkpoint", checkpoint), ("model", model), ("data", data_path), ("out", out)) if not v]
     if missing:
@@ -176,7 +187,7 @@ def cache_cmd(experiment, seeds, params_path, device, checkpoint, model, width, 
     ddata = DeviceData(data.load(data_path), dev)
     teacher, ckpt = cache.load_teacher(checkpoint, model, width, ddata.data.num_classes, ddata.data.channels)
     attrs = stages.describe_teacher(teacher.to(dev), ddata, checkpoint, ckpt, model, width, "external", 0, {})
-    cache.write(out, teacher, ddata, "clean", attrs)
+    cache.write(out, teacher, ddata, "clean", attrs, graph=graph, compile=compile)
     if distributed.current().is_main:
         click.echo(f"wrote {out} (teacher {model}, test {attrs['teacher_test_acc']:.2f}%)")
 
@@ -188,7 +199,9 @@ def cache_cmd(experiment, seeds, params_path, device, checkpoint, model, width, 
 @DEVICE
 @OVERWRITE
 @SYNC_BN
-def distill(experiment, seeds, params_path, device, overwrite, sync_bn):
+@GRAPH
+@COMPILE
+def distill(experiment, seeds, params_path, device, overwrite, sync_bn, graph, compile):
     """Train the student of EXPERIMENT (a `distill:` entry) from its cache: normal KD, Re-KD,
     De-KD or Tf-KD self; they differ only in the teacher the entry names.
 
@@ -204,7 +217,7 @@ def distill(experiment, seeds, params_path, device, overwrite, sync_bn):
     p = _params(params_path)
     if p.role_of(experiment) != "distill":
         raise TfkdError(f"{experiment} is a train experiment: run 'tfkd train {experiment}'")
-    stages.train(p, experiment, seeds, _device(device), overwrite, sync_bn=sync_bn)
+    stages.train(p, experiment, seeds, _device(device), overwrite, sync_bn=sync_bn, graph=graph, compile=compile)
 
 
 @main.command()
@@ -239,30 +252,48 @@ def report(params_path, runs_dir, out_dir):
 @click.option("--width", type=float, default=None, help="Width multiplier (default: 1 on GPU, 0.125 on CPU).")
 @click.option("--batch-size", type=int, default=128, show_default=True, help="Training batch size.")
 @click.option("--steps", type=int, default=None, help="Timed steps per row (default: 50 on GPU, 5 on CPU).")
+@click.option("--cache-epochs", type=int, default=None,
+              help="Replay epochs timed for cache writing (default: 10 on GPU, 2 on CPU).")
 @click.option("--data", "data_path", default="data/prepared/embedded.npz", show_default=True,
               type=click.Path(dir_okay=False), help="A prepared dataset (its training set is used).")
 @click.option("--out", default="runs/bench.json", show_default=True, type=click.Path(dir_okay=False),
               help="Where to write the JSON result.")
 @DEVICE
-def bench(student, teacher, width, batch_size, steps, data_path, out, device):
+@GRAPH
+@COMPILE
+def bench(student, teacher, width, batch_size, steps, cache_epochs, data_path, out, device, graph, compile):
     """Measure img/s of every stage in one run on the same data, with ratios.
 
     \b
-    cache_write               the teacher in eval mode over augmented views (cache writing)
-    train_ce                  student training, cross-entropy (also LSR / Tf-KD reg: same step)
+    cache_write               the teacher in eval mode over augmented views (steady state)
+    cache_file                a whole replay cache file, HDF5 write and start-up included
+    train_ce / _lsr / _reg    student training: cross-entropy, label smoothing, Tf-KD reg
     train_kd_cache            student training, KD from a cached logit table (stage two)
     train_kd_online           student training, KD with the teacher run online
     reference_kd_online_fp32  the reference code's way: fp32, eager, batch 128, teacher online
-    Runs on CPU (tiny sizes by default) and GPU. Record GPU figures in BENCHMARKS.md.
+    With a fast path on (GPU default, or --compile on CPU) it first checks that the fast step
+    keeps the maths: a few steps eager and fast from the same weights, losses and weights
+    compared (the "check" entry of the JSON). Record GPU figures in BENCHMARKS.md.
     """
     from . import bench as b, data
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise TfkdError("tfkd bench measures one process on one device; run it without torchrun")
     dev = _device(device)
     gpu = dev.type == "cuda"
-    result = b.run(data.load(data_path), dev, student, teacher, width or (1.0 if gpu else 0.125),
-                   batch_size, steps=steps or (50 if gpu else 5), warmup=5 if gpu else 1,
-                   infer_batch_size=1024 if gpu else 256)
+    ds = data.load(data_path)
+    width = width or (1.0 if gpu else 0.125)
+    checked = None
+    if graph or compile or (gpu and graph is None):
+        click.echo("check: the fast step against the eager step")
+        checked = b.check(ds, dev, student, width, batch_size, graph=graph, compile=compile)
+    click.echo(f"bench: {student} student, {teacher} teacher, width {width}, {ds.name}")
+    result = b.run(ds, dev, student, teacher, width, batch_size, steps=steps or (50 if gpu else 5),
+                   warmup=5 if gpu else 1, infer_batch_size=1024 if gpu else 256,
+                   cache_epochs=cache_epochs or (10 if gpu else 2), graph=graph, compile=compile)
+    result["check"] = checked
     b.dump(result, out)
     click.echo(b.table(result))
     click.echo(f"wrote {out}")
+    if checked and not all(f["ok"] for f in checked["forms"].values()):
+        raise TfkdError(f"the fast step does not match the eager step (see 'check' in {out}); "
+                        f"run with --no-graph --no-compile until it is fixed")

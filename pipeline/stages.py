@@ -51,7 +51,7 @@ def _skip(params, name, log, folder="runs"):
     return True
 
 
-def train(params, name, seeds, device, overwrite=False, log=print, sync_bn=False):
+def train(params, name, seeds, device, overwrite=False, log=print, sync_bn=False, graph=None, compile=None):
     """Train experiment `name` (a train or distill entry) for each seed; distill reads its cache."""
     world = distributed.current()
     log = world.quiet(log)
@@ -69,7 +69,7 @@ def train(params, name, seeds, device, overwrite=False, log=print, sync_bn=False
                                    ddata.data.num_classes, key, cfg.epochs, cfg.aug_spec)
             teacher = cache.CacheTeacher(logits, device)
         results.append(fit(cfg, ddata, run_dir(name, seed), device, teacher, overwrite, log,
-                           sync_bn=sync_bn))
+                           sync_bn=sync_bn, graph=graph, compile=compile))
     if world.is_main:
         write_summary(params, name, [s for s in params.seeds
                                      if os.path.exists(os.path.join(run_dir(name, s), "metrics.json"))])
@@ -90,7 +90,7 @@ def teacher_checkpoint(params, cfg):
     return os.path.join(folder, f"epoch_{epoch:04d}.pt"), tcfg
 
 
-def make_cache(params, name, seeds, device, log=print):
+def make_cache(params, name, seeds, device, log=print, graph=None, compile=None):
     """Write cache/<name>/s<seed>.h5 for distill experiment `name`: its teacher's logits."""
     world = distributed.current()
     log = world.quiet(log)
@@ -118,7 +118,8 @@ def make_cache(params, name, seeds, device, log=print):
         else:
             log(f"[{name} s{seed}] caching {tcfg.model} ({ckpt_path}, test {attrs['teacher_test_acc']:.2f}%) "
                 f"-> {out} [{cfg.cache_policy}]")
-            cache.write(out, model, ddata, cfg.cache_policy, attrs, key, cfg.epochs, cfg.aug_spec, log=log)
+            cache.write(out, model, ddata, cfg.cache_policy, attrs, key, cfg.epochs, cfg.aug_spec, log=log,
+                        graph=graph, compile=compile)
         paths.append(out)
     return paths
 

@@ -12,11 +12,12 @@ import time
 
 import torch
 
-from . import __version__, augment, distributed
+from . import __version__, augment, capture, distributed
 from .errors import TfkdError
 from .files import atomic_path, write_text
 from .losses import Objective
 from .models import build_model, split_head
+from .step import TrainStep, optimizer_state
 
 HISTORY_COLUMNS = ("epoch", "lr", "train_loss", "train_acc", "test_loss", "test_acc")
 
@@ -26,6 +27,8 @@ def pick_device(name="auto"):
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise TfkdError(f"--device {name}: no CUDA device is available here; use --device cpu")
+    if name.startswith("cuda"):
+        torch.backends.cudnn.benchmark = True  # fixed CIFAR shapes: let cuDNN pick its fastest kernels
     return torch.device(name)
 
 
@@ -46,9 +49,9 @@ class DeviceData:
     def inputs(self, images_u8):
         return augment.normalize(images_u8, self.mean, self.std, self.channels_last)
 
-    def view(self, index, key, epoch, spec):
-        """The normalised augmented views of training samples `index` in `epoch` of run `key`."""
-        return self.inputs(augment.views(self.x_train, index, key, epoch, spec))
+    def view(self, index, seeds, spec):
+        """The normalised augmented views of training samples `index` in the epoch of `seeds`."""
+        return self.inputs(augment.views(self.x_train, index, seeds, spec))
 
 
 def model_for(cfg, data, device):
@@ -63,44 +66,65 @@ def model_for(cfg, data, device):
 def forward(model, x):
     """Logits in fp32. On the GPU the body runs under bf16 autocast and the classifier head in
     fp32; on the CPU everything is plain fp32 (bf16 would only slow it down)."""
+    return _mixed(*split_head(model), x)
+
+
+def _mixed(body, head, x):
     if x.device.type != "cuda":
-        return model(x)
-    body, head = split_head(model)
-    with torch.autocast("cuda", dtype=torch.bfloat16):
+        return head(body(x))
+    # No autocast weight cache: it must be off inside a CUDA graph, and each weight is cast once anyway.
+    with torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False):
         features = body(x)
     return head(features.float())
 
 
 class Mixed(torch.nn.Module):
     """`model` whose forward is forward() above: the precision policy as one module, so that
-    DistributedDataParallel can wrap it whole. Checkpoints hold `model`'s own state_dict."""
+    DistributedDataParallel can wrap it and torch.compile trace it whole. Checkpoints hold
+    `model`'s own state_dict."""
 
     def __init__(self, model):
         super().__init__()
-        self.model = model
+        self.body, self.head = split_head(model)
 
     def forward(self, x):
-        return forward(self.model, x)
+        return _mixed(self.body, self.head, x)
 
 
-@torch.no_grad()
-def evaluate(model, ddata, batch_size):
+class Evaluator:
     """(mean CE loss, top-1 %) on the test set, teacher-style: eval mode, no augmentation.
-    Under torchrun each rank scores its shard and the sums are reduced: every rank gets the same."""
-    model.eval()
-    world = distributed.current()
-    loss = torch.zeros((), device=ddata.device)
-    correct = torch.zeros((), dtype=torch.int64, device=ddata.device)
-    mine = world.shard(range(len(ddata.y_test)))
-    for i in range(mine.start, mine.stop, batch_size):
-        j = min(i + batch_size, mine.stop)
-        x, y = ddata.x_test[i:j], ddata.y_test[i:j]
-        out = forward(model, x)
-        loss += torch.nn.functional.cross_entropy(out, y, reduction="sum")
-        correct += (out.argmax(1) == y).sum()
-    loss, correct = world.sum(torch.stack([loss.double(), correct.double()])).tolist()
-    n = len(ddata.y_test)
-    return loss / n, 100.0 * correct / n
+    Under torchrun each rank scores its shard and the sums are reduced: every rank gets the same.
+    With `graph` the whole pass is one CUDA graph from the second call on."""
+
+    def __init__(self, model, ddata, batch_size, graph=False):
+        self.model, self.ddata, self.batch_size = model, ddata, batch_size
+        self.loss = torch.zeros((), device=ddata.device)
+        self.correct = torch.zeros((), dtype=torch.int64, device=ddata.device)
+        self.graphed = capture.Graphed(self._pass, graph, warmup=1)
+
+    def _pass(self):
+        d, mine = self.ddata, distributed.current().shard(range(len(self.ddata.y_test)))
+        self.loss.zero_()
+        self.correct.zero_()
+        for i in range(mine.start, mine.stop, self.batch_size):
+            j = min(i + self.batch_size, mine.stop)
+            x, y = d.x_test[i:j], d.y_test[i:j]
+            out = forward(self.model, x)
+            self.loss += torch.nn.functional.cross_entropy(out, y, reduction="sum")
+            self.correct += (out.argmax(1) == y).sum()
+
+    @torch.no_grad()
+    def __call__(self):
+        self.model.eval()
+        self.graphed()
+        world = distributed.current()
+        loss, correct = world.sum(torch.stack([self.loss.double(), self.correct.double()])).tolist()
+        n = len(self.ddata.y_test)
+        return loss / n, 100.0 * correct / n
+
+
+def evaluate(model, ddata, batch_size):
+    return Evaluator(model, ddata, batch_size)()
 
 
 def learning_rate(cfg, epoch, step, steps_per_epoch):
@@ -108,17 +132,6 @@ def learning_rate(cfg, epoch, step, steps_per_epoch):
     if epoch < cfg.warmup_epochs:
         return cfg.step_lr * (epoch * steps_per_epoch + step + 1) / (cfg.warmup_epochs * steps_per_epoch)
     return cfg.step_lr * cfg.gamma ** sum(epoch >= m for m in cfg.milestone_epochs)
-
-
-def train_step(net, opt, objective, x, y, teacher_logits=None, weight=1.0):
-    """One SGD step of any method; returns the detached (loss, logits). `net` is Mixed(model),
-    maybe inside DDP; `weight` scales this rank's loss so DDP's average is the global-batch mean."""
-    out = net(x)
-    loss = objective(out, y, teacher_logits)
-    opt.zero_grad(set_to_none=True)
-    (loss * weight if weight != 1.0 else loss).backward()
-    opt.step()
-    return loss.detach(), out.detach()
 
 
 def make_optimizer(model, cfg, device):
@@ -204,16 +217,19 @@ def _resume_point(rd, digest, overwrite):
     return "resume", state
 
 
-def fit(cfg, data, run_dir, device, teacher=None, overwrite=False, log=print, stop_after=None, sync_bn=False):
+def fit(cfg, data, run_dir, device, teacher=None, overwrite=False, log=print, stop_after=None, sync_bn=False,
+        graph=None, compile=None):
     """Train one run to the end (resuming if possible); returns its metrics dict.
 
     `teacher` supplies KD targets: an object with .logits(epoch, index, x) -> [B, K] float.
     `stop_after` (tests only) returns after that many epochs, as if the process had been killed.
     Under torchrun every rank calls this; rank 0 decides about resuming and writes every file.
     BatchNorm statistics are per rank (as in torchvision's reference) unless `sync_bn`.
+    `graph` / `compile`: the fast path of capture.py (None: on for one CUDA device).
     """
     world = distributed.current()
     log = world.quiet(log)
+    graph, compile = capture.fast_path(device, world.size, graph, compile)
     if sync_bn and world.distributed and device.type != "cuda":
         raise TfkdError("--sync-bn needs GPUs (PyTorch's SyncBatchNorm has no CPU kernels); drop it on CPU")
     rd = RunDir(run_dir)
@@ -234,20 +250,23 @@ def fit(cfg, data, run_dir, device, teacher=None, overwrite=False, log=print, st
     if objective.needs_teacher and teacher is None:
         raise TfkdError(f"{cfg.name}: method {cfg.method!r} needs a teacher (a cache or a model)")
     key = augment.run_key(cfg.seed, cfg.identity)
-    spec = cfg.aug_spec
     n, bs = len(data.y_train), cfg.batch_size
     steps = math.ceil(n / bs)  # the last partial batch is kept, as in the reference
     if world.size > min(bs, n % bs or bs):
         raise TfkdError(f"{cfg.name}: a batch of {min(bs, n % bs or bs)} samples cannot be split over "
                         f"{world.size} ranks (batch_size {bs} is the global batch); use fewer processes")
-    start, best, history, timing = 0, (-1.0, 0), [], []
+    start, best, history, timing, phases = 0, (-1.0, 0), [], [], []
     if state is not None:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         start, best, history, timing = state["epoch"], tuple(state["best"]), state["history"], state["timing"]
+        phases = state.get("phases", [])
         _set_rng_state(state["rng"])
         log(f"[{cfg.name} s{cfg.seed}] resuming after epoch {start} from {rd.file('last.pt')}")
     net = world.wrap(Mixed(model), device)
+    step = TrainStep(net, opt, objective, ddata, cfg.aug_spec, teacher, bs, graph,
+                     capture.compiled(Mixed(model), compile))
+    evaluator = Evaluator(model, ddata, cfg.eval_batch_size, graph)
     meta = {"model_name": cfg.model, "width": cfg.width, "num_classes": data.num_classes,
             "in_channels": data.channels, "dataset": data.name, "dataset_fingerprint": data.fingerprint,
             "config": cfg.to_dict(), "digest": digest, "package_version": __version__}
@@ -256,49 +275,43 @@ def fit(cfg, data, run_dir, device, teacher=None, overwrite=False, log=print, st
         t0 = time.perf_counter()
         model.train()
         order = augment.epoch_order(key, epoch, n, device)
-        loss_sum = torch.zeros((), device=device)
-        correct = torch.zeros((), dtype=torch.int64, device=device)
-        first_bad = torch.full((), -1, dtype=torch.int64, device=device)
-        lr = cfg.step_lr
-        for step in range(steps):
-            lr = learning_rate(cfg, epoch, step, steps)
-            for group in opt.param_groups:
-                group["lr"] = lr
-            batch = order[step * bs:(step + 1) * bs]
+        step.start_epoch(key, epoch)
+        for i in range(steps):
+            lr = learning_rate(cfg, epoch, i, steps)
+            batch = order[i * bs:(i + 1) * bs]
             index = world.shard(batch)  # this rank's part of the global batch
-            x, y = ddata.view(index, key, epoch, spec), ddata.y_train[index]
-            t_logits = teacher.logits(epoch, index, x) if objective.needs_teacher else None
-            loss, out = train_step(net, opt, objective, x, y, t_logits, len(index) * world.size / len(batch))
-            # No host sync per step: accumulate on the device, check once per epoch.
-            loss_sum += loss * len(index)
-            correct += (out.argmax(1) == y).sum()
-            first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss),
-                                    torch.tensor(step, device=device), first_bad)
-        loss_sum, correct, bad = world.sum(torch.stack([loss_sum.double(), correct.double(),
-                                                        (first_bad >= 0).double()])).tolist()
+            step(index, lr, len(index) * world.size / len(batch))
+        # The one host sync of the epoch's training: its sums, reduced over ranks.
+        loss_sum, correct, bad = world.sum(torch.stack([step.loss_sum.double(), step.correct.double(),
+                                                        (step.first_bad >= 0).double()])).tolist()
         if bad:
-            where = f"step {first_bad.item() + 1}" if first_bad.item() >= 0 else "on another rank"
+            where = f"step {step.first_bad.item()}" if step.first_bad.item() >= 0 else "on another rank"
             raise TfkdError(f"{cfg.name} s{cfg.seed}: the loss became NaN/inf in epoch {epoch + 1}, "
                             f"{where}; the last good checkpoint is kept in {rd.path} "
                             f"(lower lr, or check the inputs)")
+        t1 = time.perf_counter()
         train_loss, train_acc = loss_sum / n, 100.0 * correct / n
         world.sync_buffers(model)  # every rank evaluates (and rank 0 saves) the same BN statistics
-        test_loss, test_acc = evaluate(model, ddata, cfg.eval_batch_size)
-        seconds = time.perf_counter() - t0
+        test_loss, test_acc = evaluator()
+        t2 = time.perf_counter()
         done = epoch + 1
         if test_acc >= best[0]:  # ties count, as in the reference
             best = (test_acc, done)
         history.append([done, lr, train_loss, train_acc, test_loss, test_acc])
-        timing.append(seconds)
+        timing.append(t2 - t0)  # the checkpoint below holds the epoch without its own write
+        phases.append([t1 - t0, t2 - t1])  # training (with any compilation), evaluation
         if world.is_main:
-            state = dict(meta, model=model.state_dict(), optimizer=opt.state_dict(), epoch=done,
-                         best=list(best), history=history, timing=timing, rng=_rng_state(), test_acc=test_acc)
+            state = dict(meta, model=model.state_dict(), optimizer=optimizer_state(opt), epoch=done,
+                         best=list(best), history=history, timing=timing, phases=phases, rng=_rng_state(),
+                         test_acc=test_acc)
             if best[1] == done:
                 rd.save_checkpoint("best.pt", state)
             if done in cfg.save_epochs:
                 rd.save_checkpoint(os.path.basename(rd.checkpoint(done)), state)
             rd.save_checkpoint("last.pt", state)
             write_history(rd.file("history.tsv"), history)
+        seconds = time.perf_counter() - t0
+        timing[-1] = seconds
         eta = seconds * (cfg.epochs - done)
         log(f"[{cfg.name} s{cfg.seed}] epoch {done}/{cfg.epochs} lr {lr:.4f} loss {train_loss:.3f} "
             f"train {train_acc:.2f}% test {test_acc:.2f}% (best {best[0]:.2f}%) "
@@ -315,7 +328,8 @@ def fit(cfg, data, run_dir, device, teacher=None, overwrite=False, log=print, st
         write_text(rd.file("metrics.json"), json.dumps(metrics, indent=2) + "\n")
         write_text(rd.file("timing.json"), json.dumps(
             {"device": device_name(device), "ranks": world.size, "sync_bn": bool(sync_bn and world.distributed),
-             "epoch_seconds": timing,
+             "graph": graph, "compile": compile, "epoch_seconds": timing,
+             "train_seconds": sum(p[0] for p in phases), "eval_seconds": sum(p[1] for p in phases),
              "total_seconds": sum(timing), "images_per_second": n * len(timing) / max(sum(timing), 1e-9)},
             indent=2) + "\n")
     world.barrier()  # the files exist before any rank goes on to a stage that reads them

@@ -6,7 +6,11 @@ import pytest
 import torch
 
 from pipeline import augment
-from pipeline.augment import AugmentSpec, epoch_order, run_key, uniform, views
+from pipeline.augment import AugmentSpec, epoch_order, run_key, seeds, uniform
+
+
+def views(x, index, key, epoch, spec):
+    return augment.views(x, index, seeds(key, epoch), spec)
 
 SPEC = AugmentSpec(pad=4, flip=True, rotate=15.0)
 
@@ -25,7 +29,7 @@ def pattern(n):
 def test_golden_vectors_aug_version_1():
     # Changing any of these numbers changes every view: bump AUG_VERSION and re-pin.
     assert augment.AUG_VERSION == 1
-    u = uniform(12345, 3, torch.arange(4), augment.ANGLE)
+    u = uniform(seeds(12345, 3)[augment.ANGLE], torch.arange(4))
     assert u.tolist() == pytest.approx(GOLDEN_UNIFORM, abs=0)
     assert epoch_order(12345, 0, 10).tolist() == GOLDEN_ORDER
     x = pattern(8)
@@ -65,9 +69,9 @@ def test_crop_and_flip_match_a_padded_crop_done_by_hand():
     idx = torch.arange(16)
     spec = AugmentSpec(pad=4, flip=True, rotate=0.0)
     got = views(x, idx, 99, 0, spec)
-    oy = (uniform(99, 0, idx, augment.CROP_Y) * 9).long()
-    ox = (uniform(99, 0, idx, augment.CROP_X) * 9).long()
-    flip = uniform(99, 0, idx, augment.FLIP) < 0.5
+    oy = (uniform(seeds(99, 0)[augment.CROP_Y], idx) * 9).long()
+    ox = (uniform(seeds(99, 0)[augment.CROP_X], idx) * 9).long()
+    flip = uniform(seeds(99, 0)[augment.FLIP], idx) < 0.5
     padded = np.pad(x.numpy(), ((0, 0), (4, 4), (4, 4), (0, 0)))
     for i in range(16):
         want = padded[i, oy[i]:oy[i] + 32, ox[i]:ox[i] + 32]
@@ -102,7 +106,7 @@ def test_run_key_depends_on_seed_and_identity():
 
 
 def test_uniform_is_roughly_uniform():
-    u = uniform(3, 0, torch.arange(100000), augment.FLIP)
+    u = uniform(seeds(3, 0)[augment.FLIP], torch.arange(100000))
     assert 0 <= u.min() and u.max() < 1
     assert abs(u.mean().item() - 0.5) < 0.01
     hist = torch.histc(u, bins=10, min=0, max=1) / len(u)
@@ -115,3 +119,11 @@ def test_normalize_layout_and_values():
     out = augment.normalize(x, mean, std)
     assert out.shape == (2, 3, 4, 4)
     assert out[0, :, 0, 0].tolist() == pytest.approx([2.0, 1.0, 0.5])
+
+
+def test_seeds_as_a_device_tensor_give_the_same_views():
+    # A captured CUDA graph reads the epoch's seeds from a tensor: the views must not change.
+    x, idx = pattern(16), torch.arange(16)
+    s = seeds(12345, 2)
+    assert torch.equal(augment.views(x, idx, torch.tensor(s), SPEC), augment.views(x, idx, s, SPEC))
+    assert all(0 <= v < 2 ** 32 for v in s) and len(set(s)) == augment.STREAMS

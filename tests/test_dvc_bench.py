@@ -54,7 +54,9 @@ def test_bench_on_cpu_writes_every_row(project):
     assert result.exit_code == 0, result.output
     data = json.loads(Path("bench.json").read_text())
     rows = data["images_per_second"]
-    assert set(rows) == {"cache_write", "train_ce", "train_kd_cache", "train_kd_online", "reference_kd_online_fp32"}
+    assert set(rows) == {"cache_write", "cache_file", "train_ce", "train_lsr", "train_reg", "train_kd_cache",
+                         "train_kd_online", "reference_kd_online_fp32"}
     assert all(v > 0 for v in rows.values())
     assert data["ratios"]["kd_cache_vs_ce"] == rows["train_kd_cache"] / rows["train_ce"]
     assert data["device"].startswith("cpu") and data["date"]
+    assert data["graph"] is False and data["compile"] is False and data["check"] is None  # CPU: eager

@@ -1,4 +1,6 @@
 """Model zoo: CIFAR-style networks from Yuan et al. (CVPR 2020), looked up by name like timm's registry."""
+from torch import nn
+
 from pipeline.errors import TfkdError
 
 MODELS = {}  # name -> factory(num_classes, in_channels, width) -> nn.Module
@@ -33,7 +35,8 @@ def split_head(model):
     """(body, head) of a sequential model: the head starts at its last module with weights, so the
     classifier can run in fp32 while the body runs under bf16 autocast."""
     last = max(i for i, m in enumerate(model) if any(True for _ in m.parameters()))
-    return model[:last], model[last:]
+    parts = list(model)  # plain Sequentials: the zoo's classes take other constructor arguments
+    return nn.Sequential(*parts[:last]), nn.Sequential(*parts[last:])
 
 
 # Imported last: each family module registers itself with the decorator defined above.

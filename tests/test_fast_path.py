@@ -1,0 +1,94 @@
+"""The fast path (capture.py): what a CPU can check of it.
+
+The CUDA-graph capture itself needs a GPU (`tfkd bench` checks it there). Here: the flags and
+their defaults, the tensor-valued inputs a captured step reads, and torch.compile (Inductor's C++
+backend) against the eager step — the same TrainStep, fit and cache code a GPU runs.
+"""
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from conftest import TINY_PARAMS, write_params
+from pipeline import bench, cache, capture, data as datasets
+from pipeline.cli import main
+from pipeline.config import Params
+from pipeline.errors import TfkdError
+from pipeline.train import DeviceData, fit
+
+CPU, CUDA = torch.device("cpu"), torch.device("cuda")
+needs_compiler = pytest.mark.skipif(not (shutil.which("c++") or shutil.which("g++")),
+                                    reason="torch.compile on the CPU needs a C++ compiler")
+
+
+def test_fast_path_defaults_and_refusals():
+    assert capture.fast_path(CPU, 1) == (False, False)
+    assert capture.fast_path(CUDA, 1) == (True, True)       # one GPU: graph + compile
+    assert capture.fast_path(CUDA, 2) == (False, False)     # torchrun: eager ranks
+    assert capture.fast_path(CUDA, 1, compile=False) == (True, False)
+    assert capture.fast_path(CPU, 1, compile=True) == (False, True)
+    with pytest.raises(TfkdError, match="--graph needs a CUDA device"):
+        capture.fast_path(CPU, 1, graph=True)
+    with pytest.raises(TfkdError, match="under torchrun"):
+        capture.fast_path(CUDA, 2, compile=True)
+
+
+def test_graph_flag_on_cpu_is_one_line_error(project):
+    write_params("params.yaml", TINY_PARAMS)
+    res = CliRunner().invoke(main, ["train", "base_resnet18", "--device", "cpu", "--graph"])
+    assert res.exit_code == 2
+    assert res.output.strip().splitlines() == ["tfkd: error: --graph needs a CUDA device; on cpu drop it "
+                                               "(the step runs eagerly)"]
+
+
+def test_replay_cache_lookup_with_a_tensor_epoch():
+    # A captured step reads the epoch from a device tensor; the gather must pick the same rows.
+    logits = np.random.default_rng(0).standard_normal((3, 10, 4)).astype(np.float16)
+    teacher = cache.CacheTeacher(logits, CPU)
+    idx = torch.tensor([7, 0, 3])
+    want = torch.from_numpy(logits[2][[7, 0, 3]]).float()
+    assert torch.equal(teacher.logits(2, idx), want)
+    assert torch.equal(teacher.logits(torch.tensor(2), idx), want)
+    clean = cache.CacheTeacher(logits[0], CPU)
+    assert torch.equal(clean.logits(torch.tensor(2), idx), torch.from_numpy(logits[0][[7, 0, 3]]).float())
+
+
+@needs_compiler
+def test_compiled_step_matches_the_eager_step(project):
+    data = datasets.load("data/prepared/embedded.npz")
+    report = bench.check(data, CPU, "resnet18", width=0.25, batch_size=64, steps=4, compile=True, log=print)
+    form = report["forms"]["compile"]
+    assert form["ok"]
+    # fp32 on the CPU: only the order of floating-point operations differs (amplified a little by
+    # each SGD step); stale weights or a lost update would be off by percents
+    assert form["max_loss_rel_err"] < 2e-3 and form["weights_rel_l2_err"] < 2e-3
+    assert report["eager_losses"][0] == pytest.approx(np.log(20), rel=0.2)  # a fresh 20-class net
+
+
+@needs_compiler
+def test_compiled_training_run_matches_eager(project):
+    # A whole epoch through fit: full batches compiled, the last partial batch (1600 % 512) eager,
+    # evaluation, checkpoints. These tiny BatchNorm nets amplify any rounding difference within a
+    # few SGD steps (check() above compares the updates), so here the steps are too small to move
+    # the weights, and the epoch's sums and the BN statistics must agree.
+    write_params("params.yaml", TINY_PARAMS.replace("epochs: 2, width: 0.125", "epochs: 1, width: 0.25")
+                 .replace("batch_size: 64", "batch_size: 512, lr: 1.0e-7"))
+    p = Params.load("params.yaml")
+    cfg = p.run("base_resnet18", 230)
+    dd = DeviceData(datasets.load("data/prepared/embedded.npz"), CPU)
+    eager = fit(cfg, dd, "eager", CPU)
+    torch._dynamo.utils.counters.clear()
+    fast = fit(cfg, dd, "fast", CPU, compile=True)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 1  # the steps did run compiled
+    a = torch.load("eager/last.pt", weights_only=True)
+    b = torch.load("fast/last.pt", weights_only=True)
+    for name in a["model"]:
+        torch.testing.assert_close(b["model"][name], a["model"][name], rtol=1e-4, atol=1e-5, msg=name)
+    assert b["model"]["0.1.num_batches_tracked"] == 4  # 3 compiled steps + the eager partial one
+    assert b["history"][0] == pytest.approx(a["history"][0], rel=1e-4)  # train/test loss and accuracy
+    assert fast["final_top1"] == eager["final_top1"]
+    timing = json.loads(open("fast/timing.json").read())
+    assert timing["compile"] is True and timing["graph"] is False
