@@ -2,7 +2,8 @@
 
 Modelled on torchvision's reference classification loop, with the data on the device: the whole
 uint8 training set is a device tensor, each step gathers its samples by index and augments them
-there (augment.py), and a KD step looks its teacher logits up by the same sample indices.
+there (augment.py), and a KD step looks its teacher logits up by the same sample indices. The step
+itself is step.py; on one GPU it and each evaluation pass run as CUDA graphs (capture.py).
 """
 import json
 import math
