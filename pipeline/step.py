@@ -38,7 +38,7 @@ class TrainStep:
         dev = ddata.device
         self.net, self.fast_net = net, net if fast_net is None else fast_net
         self.opt, self.objective, self.ddata, self.spec, self.teacher = opt, objective, ddata, spec, teacher
-        self.batch_size = batch_size
+        self.batch_size, self.lr = batch_size, None
         self.index = torch.zeros(batch_size, dtype=torch.int64, device=dev)
         self.epoch = torch.zeros((), dtype=torch.int64, device=dev)
         self.seeds = torch.zeros(augment.STREAMS, dtype=torch.int64, device=dev)
@@ -59,7 +59,9 @@ class TrainStep:
         self.first_bad.fill_(-1)
 
     def __call__(self, index, lr, weight=1.0):
-        set_lr(self.opt, lr)
+        if lr != self.lr:  # it changes only in warm-up and at milestones
+            set_lr(self.opt, lr)
+            self.lr = lr
         full = len(index) == self.batch_size and weight == 1.0
         if full and self.captured.enabled:
             self.index.copy_(index)

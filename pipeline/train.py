@@ -9,6 +9,7 @@ import json
 import math
 import os
 import shutil
+import threading
 import time
 
 import torch
@@ -158,6 +159,7 @@ class RunDir:
 
     def __init__(self, path):
         self.path = path
+        self._writer, self._error = None, None  # the checkpoint write in flight, at most one
 
     def file(self, name):
         return os.path.join(self.path, name)
@@ -190,9 +192,42 @@ class RunDir:
             return None
         return old
 
-    def save_checkpoint(self, name, state):
-        with atomic_path(self.file(name)) as tmp:
-            torch.save(state, tmp)
+    def save_checkpoints(self, names, state):
+        """Write `state` to each file of `names` in order, each atomically, in a background thread:
+        the device goes on training meanwhile. `state` is first copied to host memory."""
+        self.wait()
+        snapshot = _host_copy(state)
+
+        def write():
+            try:
+                for name in names:
+                    with atomic_path(self.file(name)) as tmp:
+                        torch.save(snapshot, tmp)
+            except BaseException as e:  # reported by the next wait(), in the training thread
+                self._error = e
+        self._writer = threading.Thread(target=write, name="tfkd-checkpoint", daemon=True)
+        self._writer.start()
+
+    def wait(self, quiet=False):
+        """Block until the last checkpoint is on disk; raise if writing it failed (unless quiet)."""
+        if self._writer is not None:
+            self._writer.join()
+            self._writer = None
+        if self._error is not None and not quiet:
+            error, self._error = self._error, None
+            raise TfkdError(f"could not write a checkpoint in {self.path} ({type(error).__name__}: {error}); "
+                            f"free disk space, then rerun to resume")
+
+
+def _host_copy(obj):
+    """`obj` with every tensor copied to host memory (training goes on mutating the originals)."""
+    if torch.is_tensor(obj):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {k: _host_copy(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_host_copy(v) for v in obj)
+    return obj
 
 
 def _rng_state():
@@ -272,53 +307,58 @@ def fit(cfg, data, run_dir, device, teacher=None, overwrite=False, log=print, st
             "in_channels": data.channels, "dataset": data.name, "dataset_fingerprint": data.fingerprint,
             "config": cfg.to_dict(), "digest": digest, "package_version": __version__}
 
-    for epoch in range(start, cfg.epochs):
-        t0 = time.perf_counter()
-        model.train()
-        order = augment.epoch_order(key, epoch, n, device)
-        step.start_epoch(key, epoch)
-        for i in range(steps):
-            lr = learning_rate(cfg, epoch, i, steps)
-            batch = order[i * bs:(i + 1) * bs]
-            index = world.shard(batch)  # this rank's part of the global batch
-            step(index, lr, len(index) * world.size / len(batch))
-        # The one host sync of the epoch's training: its sums, reduced over ranks.
-        loss_sum, correct, bad = world.sum(torch.stack([step.loss_sum.double(), step.correct.double(),
-                                                        (step.first_bad >= 0).double()])).tolist()
-        if bad:
-            where = f"step {step.first_bad.item()}" if step.first_bad.item() >= 0 else "on another rank"
-            raise TfkdError(f"{cfg.name} s{cfg.seed}: the loss became NaN/inf in epoch {epoch + 1}, "
-                            f"{where}; the last good checkpoint is kept in {rd.path} "
-                            f"(lower lr, or check the inputs)")
-        t1 = time.perf_counter()
-        train_loss, train_acc = loss_sum / n, 100.0 * correct / n
-        world.sync_buffers(model)  # every rank evaluates (and rank 0 saves) the same BN statistics
-        test_loss, test_acc = evaluator()
-        t2 = time.perf_counter()
-        done = epoch + 1
-        if test_acc >= best[0]:  # ties count, as in the reference
-            best = (test_acc, done)
-        history.append([done, lr, train_loss, train_acc, test_loss, test_acc])
-        timing.append(t2 - t0)  # the checkpoint below holds the epoch without its own write
-        phases.append([t1 - t0, t2 - t1])  # training (with any compilation), evaluation
-        if world.is_main:
-            state = dict(meta, model=model.state_dict(), optimizer=optimizer_state(opt), epoch=done,
-                         best=list(best), history=history, timing=timing, phases=phases, rng=_rng_state(),
-                         test_acc=test_acc)
-            if best[1] == done:
-                rd.save_checkpoint("best.pt", state)
-            if done in cfg.save_epochs:
-                rd.save_checkpoint(os.path.basename(rd.checkpoint(done)), state)
-            rd.save_checkpoint("last.pt", state)
-            write_history(rd.file("history.tsv"), history)
-        seconds = time.perf_counter() - t0
-        timing[-1] = seconds
-        eta = seconds * (cfg.epochs - done)
-        log(f"[{cfg.name} s{cfg.seed}] epoch {done}/{cfg.epochs} lr {lr:.4f} loss {train_loss:.3f} "
-            f"train {train_acc:.2f}% test {test_acc:.2f}% (best {best[0]:.2f}%) "
-            f"{n / seconds:,.0f} img/s eta {eta:.0f}s")
-        if stop_after is not None and done - start >= stop_after:
-            return None
+    try:
+        for epoch in range(start, cfg.epochs):
+            t0 = time.perf_counter()
+            model.train()
+            order = augment.epoch_order(key, epoch, n, device)
+            step.start_epoch(key, epoch)
+            for i in range(steps):
+                lr = learning_rate(cfg, epoch, i, steps)
+                batch = order[i * bs:(i + 1) * bs]
+                index = world.shard(batch)  # this rank's part of the global batch
+                step(index, lr, len(index) * world.size / len(batch))
+            # The one host sync of the epoch's training: its sums, reduced over ranks.
+            loss_sum, correct, bad = world.sum(torch.stack([step.loss_sum.double(), step.correct.double(),
+                                                            (step.first_bad >= 0).double()])).tolist()
+            if bad:
+                where = f"step {step.first_bad.item()}" if step.first_bad.item() >= 0 else "on another rank"
+                raise TfkdError(f"{cfg.name} s{cfg.seed}: the loss became NaN/inf in epoch {epoch + 1}, "
+                                f"{where}; the last good checkpoint is kept in {rd.path} "
+                                f"(lower lr, or check the inputs)")
+            t1 = time.perf_counter()
+            train_loss, train_acc = loss_sum / n, 100.0 * correct / n
+            world.sync_buffers(model)  # every rank evaluates (and rank 0 saves) the same BN statistics
+            test_loss, test_acc = evaluator()
+            t2 = time.perf_counter()
+            done = epoch + 1
+            if test_acc >= best[0]:  # ties count, as in the reference
+                best = (test_acc, done)
+            history.append([done, lr, train_loss, train_acc, test_loss, test_acc])
+            timing.append(t2 - t0)  # the checkpoint below holds the epoch without its own write
+            phases.append([t1 - t0, t2 - t1])  # training (with any compilation), evaluation
+            if world.is_main:
+                state = dict(meta, model=model.state_dict(), optimizer=optimizer_state(opt), epoch=done,
+                             best=list(best), history=history, timing=timing, phases=phases, rng=_rng_state(),
+                             test_acc=test_acc)
+                # last.pt goes last: when it names an epoch, that epoch's other files exist
+                names = ["best.pt"] * (best[1] == done) + [os.path.basename(rd.checkpoint(done))] * (done in cfg.save_epochs)
+                rd.save_checkpoints(names + ["last.pt"], state)
+                write_history(rd.file("history.tsv"), history)
+            seconds = time.perf_counter() - t0
+            timing[-1] = seconds
+            eta = seconds * (cfg.epochs - done)
+            log(f"[{cfg.name} s{cfg.seed}] epoch {done}/{cfg.epochs} lr {lr:.4f} loss {train_loss:.3f} "
+                f"train {train_acc:.2f}% test {test_acc:.2f}% (best {best[0]:.2f}%) "
+                f"{n / seconds:,.0f} img/s eta {eta:.0f}s")
+            if stop_after is not None and done - start >= stop_after:
+                break
+    except BaseException:
+        rd.wait(quiet=True)  # leave the last checkpoint whole; the original error is the one to report
+        raise
+    rd.wait()
+    if len(history) < cfg.epochs:  # stopped early by stop_after
+        return None
 
     metrics = {"experiment": cfg.name, "seed": cfg.seed, "method": cfg.method, "model": cfg.model,
                "teacher": cfg.teacher or None, "dataset": data.name, "num_classes": data.num_classes,

@@ -98,6 +98,20 @@ def test_nan_loss_stops_with_epoch_and_step_and_keeps_last_good_checkpoint(tiny)
     assert not os.path.exists("runs/base_resnet18/s230/last.pt")  # no good epoch finished
 
 
+def test_a_failed_checkpoint_write_stops_the_run_with_one_line(tiny, monkeypatch):
+    # Checkpoints are written by a background thread; its failure must reach the user, and no
+    # metrics.json may claim a finished run.
+    def disk_full(obj, path):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr("pipeline.train.torch.save", disk_full)
+    code, out = tfkd("train", "base_resnet18")
+    errors = [line for line in out.splitlines() if line.startswith("tfkd: error: ")]  # after epoch 1's progress
+    assert code == 2 and len(errors) == 1 and "Traceback" not in out, out
+    assert "could not write a checkpoint" in errors[0] and "No space left on device" in errors[0]
+    assert not os.path.exists("runs/base_resnet18/s230/metrics.json")
+    assert not [f for f in os.listdir("runs/base_resnet18/s230") if f.endswith(".pt") or f.endswith(".tmp")]
+
+
 def test_same_seed_same_metrics_and_weights(tiny):
     assert tfkd("train", "base_resnet18")[0] == 0
     first = json.loads(Path("runs/base_resnet18/s230/metrics.json").read_text())
