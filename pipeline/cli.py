@@ -275,15 +275,16 @@ def bench(student, teacher, width, batch_size, steps, cache_epochs, data_path, o
     keeps the maths: a few steps eager and fast from the same weights, losses and weights
     compared (the "check" entry of the JSON). Record GPU figures in BENCHMARKS.md.
     """
-    from . import bench as b, data
+    from . import bench as b, capture, data
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise TfkdError("tfkd bench measures one process on one device; run it without torchrun")
     dev = _device(device)
     gpu = dev.type == "cuda"
+    graph, compile = capture.fast_path(dev, 1, graph, compile)
     ds = data.load(data_path)
     width = width or (1.0 if gpu else 0.125)
     checked = None
-    if graph or compile or (gpu and graph is None):
+    if graph or compile:
         click.echo("check: the fast step against the eager step")
         checked = b.check(ds, dev, student, width, batch_size, graph=graph, compile=compile)
     click.echo(f"bench: {student} student, {teacher} teacher, width {width}, {ds.name}")
