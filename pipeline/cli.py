@@ -16,12 +16,13 @@ DEVICE = click.option("--device", default="auto", show_default=True,
                       help="auto (CUDA if present, else CPU), cpu, cuda or cuda:N.")
 OVERWRITE = click.option("--overwrite", is_flag=True,
                          help="Replace a run made with other settings (never done silently).")
-GRAPH = click.option("--graph/--no-graph", default=None,
+GRAPH = click.option("--graph/--no-graph", default=None, envvar="TFKD_GRAPH",
                      help="Capture the whole training step (and each evaluation or cache pass) in one "
-                          "CUDA graph.  [default: on for one CUDA device; off on CPU and under torchrun]")
-COMPILE = click.option("--compile/--no-compile", default=None,
+                          "CUDA graph; env TFKD_GRAPH=0/1.  [default: on for one CUDA device; off on CPU "
+                          "and under torchrun]")
+COMPILE = click.option("--compile/--no-compile", default=None, envvar="TFKD_COMPILE",
                        help="torch.compile the model (compiled once per batch shape on first use; on CPU "
-                            "it needs a C++ compiler).  [default: as --graph]")
+                            "it needs a C++ compiler); env TFKD_COMPILE=0/1.  [default: as --graph]")
 SYNC_BN = click.option("--sync-bn", is_flag=True,
                        help="Under torchrun on GPUs: BatchNorm statistics over the global batch "
                             "(default: per rank, as torchvision's reference).")

@@ -38,10 +38,10 @@ def test_fast_path_defaults_and_refusals():
 
 def test_graph_flag_on_cpu_is_one_line_error(project):
     write_params("params.yaml", TINY_PARAMS)
-    res = CliRunner().invoke(main, ["train", "base_resnet18", "--device", "cpu", "--graph"])
-    assert res.exit_code == 2
-    assert res.output.strip().splitlines() == ["tfkd: error: --graph needs a CUDA device; on cpu drop it "
-                                               "(the step runs eagerly)"]
+    want = ["tfkd: error: --graph needs a CUDA device; on cpu drop it (the step runs eagerly)"]
+    for args, env in ((["--graph"], {}), ([], {"TFKD_GRAPH": "1"})):  # the flag, or DVC's way: the environment
+        res = CliRunner().invoke(main, ["train", "base_resnet18", "--device", "cpu"] + args, env=env)
+        assert res.exit_code == 2 and res.output.strip().splitlines() == want
 
 
 def test_replay_cache_lookup_with_a_tensor_epoch():
