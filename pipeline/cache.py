@@ -104,9 +104,8 @@ def write(path, model, ddata, policy, attrs, run_key=0, epochs=1, spec=None, bat
     """
     model.eval()
     world = distributed.current()
-    if policy == "clean" or epochs < 3:  # a pass or two: compiling or capturing costs more than it saves
-        graph = False if graph is None else graph
-        compile = False if compile is None else compile
+    if compile is None and (policy == "clean" or epochs < 3):
+        compile = False  # a pass or two: compiling costs more than it saves (a single pass is never captured)
     graph, compile = capture.fast_path(ddata.device, world.size, graph, compile)
     if ddata.channels_last:
         model = model.to(memory_format=torch.channels_last)

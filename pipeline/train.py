@@ -65,32 +65,23 @@ def model_for(cfg, data, device):
     return model
 
 
-def forward(model, x):
-    """Logits in fp32. On the GPU the body runs under bf16 autocast and the classifier head in
-    fp32; on the CPU everything is plain fp32 (bf16 would only slow it down)."""
-    return _mixed(*split_head(model), x)
-
-
-def _mixed(body, head, x):
-    if x.device.type != "cuda":
-        return head(body(x))
-    # No autocast weight cache: it must be off inside a CUDA graph, and each weight is cast once anyway.
-    with torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False):
-        features = body(x)
-    return head(features.float())
-
-
 class Mixed(torch.nn.Module):
-    """`model` whose forward is forward() above: the precision policy as one module, so that
-    DistributedDataParallel can wrap it and torch.compile trace it whole. Checkpoints hold
-    `model`'s own state_dict."""
+    """`model` with the precision policy, as one module that DistributedDataParallel can wrap and
+    torch.compile trace whole: logits in fp32; on the GPU the body runs under bf16 autocast and the
+    classifier head in fp32; on the CPU everything is plain fp32 (bf16 would only slow it down).
+    It shares `model`'s parameters; checkpoints hold `model`'s own state_dict."""
 
     def __init__(self, model):
         super().__init__()
         self.body, self.head = split_head(model)
 
     def forward(self, x):
-        return _mixed(self.body, self.head, x)
+        if x.device.type != "cuda":
+            return self.head(self.body(x))
+        # No autocast weight cache: it must be off inside a CUDA graph, and each weight is cast once anyway.
+        with torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False):
+            features = self.body(x)
+        return self.head(features.float())
 
 
 class Evaluator:
@@ -99,7 +90,7 @@ class Evaluator:
     With `graph` the whole pass is one CUDA graph from the second call on."""
 
     def __init__(self, model, ddata, batch_size, graph=False):
-        self.model, self.ddata, self.batch_size = model, ddata, batch_size
+        self.model, self.net, self.ddata, self.batch_size = model, Mixed(model), ddata, batch_size
         self.loss = torch.zeros((), device=ddata.device)
         self.correct = torch.zeros((), dtype=torch.int64, device=ddata.device)
         self.graphed = capture.Graphed(self._pass, graph, warmup=1)
@@ -111,7 +102,7 @@ class Evaluator:
         for i in range(mine.start, mine.stop, self.batch_size):
             j = min(i + self.batch_size, mine.stop)
             x, y = d.x_test[i:j], d.y_test[i:j]
-            out = forward(self.model, x)
+            out = self.net(x)
             self.loss += torch.nn.functional.cross_entropy(out, y, reduction="sum")
             self.correct += (out.argmax(1) == y).sum()
 
@@ -145,12 +136,12 @@ class OnlineTeacher:
     """A teacher network run on the student's own views (reference-style KD; tests and bench)."""
 
     def __init__(self, model, round_to=torch.float16):
-        self.model = model.eval()
+        self.net = Mixed(model.eval())
         self.round_to = round_to  # mimic the cache's storage dtype, for exact-replay comparisons
 
     @torch.no_grad()
     def logits(self, epoch, index, x):
-        out = forward(self.model, x)
+        out = self.net(x)
         return out.to(self.round_to).float() if self.round_to is not None else out
 
 
