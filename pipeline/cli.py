@@ -252,7 +252,8 @@ def report(params_path, runs_dir, out_dir):
 @click.option("--teacher", default="resnet18", show_default=True, help="Teacher architecture.")
 @click.option("--width", type=float, default=None, help="Width multiplier (default: 1 on GPU, 0.125 on CPU).")
 @click.option("--batch-size", type=int, default=128, show_default=True, help="Training batch size.")
-@click.option("--steps", type=int, default=None, help="Timed steps per row (default: 50 on GPU, 5 on CPU).")
+@click.option("--steps", type=int, default=None,
+              help="Timed steps per row (default: 300 on GPU, about a second a row; 5 on CPU).")
 @click.option("--cache-epochs", type=int, default=None,
               help="Replay epochs timed for cache writing (default: 10 on GPU, 2 on CPU).")
 @click.option("--data", "data_path", default="data/prepared/embedded.npz", show_default=True,
@@ -289,7 +290,7 @@ def bench(student, teacher, width, batch_size, steps, cache_epochs, data_path, o
         click.echo("check: the fast step against the eager step")
         checked = b.check(ds, dev, student, width, batch_size, graph=graph, compile=compile)
     click.echo(f"bench: {student} student, {teacher} teacher, width {width}, {ds.name}")
-    result = b.run(ds, dev, student, teacher, width, batch_size, steps=steps or (50 if gpu else 5),
+    result = b.run(ds, dev, student, teacher, width, batch_size, steps=steps or (300 if gpu else 5),
                    warmup=5 if gpu else 1, infer_batch_size=1024 if gpu else 256,
                    cache_epochs=cache_epochs or (10 if gpu else 2), graph=graph, compile=compile)
     result["check"] = checked

@@ -1,8 +1,9 @@
 """The fast path (capture.py): what a CPU can check of it.
 
-The CUDA-graph capture itself needs a GPU (`tfkd bench` checks it there). Here: the flags and
-their defaults, the tensor-valued inputs a captured step reads, and torch.compile (Inductor's C++
-backend) against the eager step — the same TrainStep, fit and cache code a GPU runs.
+The CUDA-graph capture itself needs a GPU (`tfkd bench` checks it there; test_graph_replay.py
+audits the captured functions on the CPU). Here: the flags and their defaults, the tensor-valued
+inputs a captured step reads, and torch.compile (Inductor's C++ backend) against the eager step —
+the same TrainStep, fit and cache code a GPU runs.
 """
 import json
 import shutil
