@@ -137,15 +137,18 @@ PARAMS = TINY_PARAMS.replace("epochs: 2", "epochs: 3").replace("  base_resnet18:
 """)
 
 
-@pytest.mark.parametrize("name", ["base_resnet18", "lsr_resnet18", "reg_resnet18", "kd_r18_r18"])
-def test_training_replays_as_captured(project, monkeypatch, name):
+@pytest.mark.parametrize("name,teacher", [("base_resnet18", None), ("lsr_resnet18", None), ("reg_resnet18", None),
+                                          ("kd_r18_r18", "cache"), ("kd_r18_r18", "online")])
+def test_training_replays_as_captured(project, monkeypatch, name, teacher):
     write_params("params.yaml", PARAMS)
     cfg = Params.load("params.yaml").run(name, 230)
     data = DeviceData(datasets.load("data/prepared/embedded.npz"), CPU)
-    teacher = None
-    if cfg.method == "kd":  # a replay cache: the step looks rows up by (epoch tensor, index)
+    if teacher == "cache":  # a replay cache: the step looks rows up by (epoch tensor, index)
         logits = np.random.default_rng(0).standard_normal((3, len(data.y_train), 20)).astype(np.float16)
         teacher = cache.CacheTeacher(logits, CPU)
+    elif teacher == "online":  # the teacher network inside the captured step (bench's train_kd_online)
+        torch.manual_seed(1)
+        teacher = train.OnlineTeacher(train.build_model("resnet18", 20, width=0.125))
     made = graph_path_on_cpu(monkeypatch)
     with monkeypatch.context() as m:  # the same maths run eagerly: fused SGD, the lr a Python float
         m.setattr(capture, "fast_path", lambda device, world_size, graph=None, compile=None: (False, False))
