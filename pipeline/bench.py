@@ -84,8 +84,9 @@ def run(data, device, student="resnet18", teacher="resnet18", width=1.0, batch_s
         log(f"  {label}: {rate:,.0f} img/s")
 
     # 1. cache writing: the teacher in eval mode over every epoch's augmented views (replay policy).
-    # Steady state: the passes after the first two (compilation, capture).
-    blocks = cache._logit_blocks(tmodel, ddata, "replay", 1, cache_epochs + 2, spec, infer_batch_size, graph, compile)
+    # Steady state, after two epochs (compilation, capture). Each next() hands over one epoch and
+    # launches the next pass, so after a sync `cache_epochs` calls span `cache_epochs` passes.
+    blocks = cache._logit_blocks(tmodel, ddata, "replay", 1, cache_epochs + 3, spec, infer_batch_size, graph, compile)
     for _ in range(2):
         next(blocks)
     seconds = _timed(lambda: next(blocks), cache_epochs, 0, device)

@@ -70,7 +70,8 @@ def load_teacher(path, model_name, width, num_classes, in_channels):
 def _logit_blocks(model, ddata, policy, run_key, epochs, spec, batch_size, graph=False, compile=False):
     """(epoch, [N, K] float16 numpy) for each block of the cache, on every rank. Under torchrun each
     rank runs the teacher on its shard of the samples and the shards are gathered in sample order.
-    Every epoch is the same pass over the same shapes, so with `graph` it is one CUDA graph."""
+    Every epoch is the same pass over the same shapes, so with `graph` it is one CUDA graph. When an
+    epoch is yielded, the next one is already running on the device."""
     from .train import Mixed
     world = distributed.current()
     n, k, device = len(ddata.y_train), ddata.data.num_classes, ddata.device
@@ -89,10 +90,18 @@ def _logit_blocks(model, ddata, policy, run_key, epochs, spec, batch_size, graph
             rows[i:i + len(part)] = net(x).to(torch.float16)
 
     passes = capture.Graphed(one_pass, graph, warmup=1)
-    for epoch in range(epochs if policy == "replay" else 1):
+    count = epochs if policy == "replay" else 1
+
+    def launch(epoch):
         seeds.copy_(torch.tensor(augment.seeds(run_key, epoch)))
         passes()
-        yield epoch, world.gather_rows(rows, n).to("cpu", copy=True).numpy()
+
+    launch(0)
+    for epoch in range(count):
+        host = world.gather_rows(rows, n).to("cpu", copy=True).numpy()  # waits for this epoch's pass
+        if epoch + 1 < count:
+            launch(epoch + 1)  # the device computes the next epoch while the caller writes this one
+        yield epoch, host
 
 
 def write(path, model, ddata, policy, attrs, run_key=0, epochs=1, spec=None, batch_size=1024, log=print,
