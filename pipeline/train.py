@@ -187,7 +187,10 @@ class RunDir:
         """Write `state` to each file of `names` in order, each atomically, in a background thread:
         the device goes on training meanwhile. `state` is first copied to host memory."""
         self.wait()
-        snapshot = _host_copy(state)
+        devices = set()
+        snapshot = _host_copy(state, devices)
+        for device in devices - {torch.device("cpu")}:
+            torch.cuda.synchronize(device)  # one wait for all the non-blocking copies
 
         def write():
             try:
@@ -210,14 +213,17 @@ class RunDir:
                             f"free disk space, then rerun to resume")
 
 
-def _host_copy(obj):
-    """`obj` with every tensor copied to host memory (training goes on mutating the originals)."""
+def _host_copy(obj, devices):
+    """`obj` with every tensor copied to host memory (training goes on mutating the originals).
+    Device tensors are copied without blocking, into pinned memory: sync each of `devices` (the
+    tensors' devices, filled in) before reading the copies. One sync, not one per tensor."""
     if torch.is_tensor(obj):
-        return obj.detach().to("cpu", copy=True)
+        devices.add(obj.device)
+        return obj.detach().to("cpu", copy=True, non_blocking=obj.device.type == "cuda")
     if isinstance(obj, dict):
-        return {k: _host_copy(v) for k, v in obj.items()}
+        return {k: _host_copy(v, devices) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return type(obj)(_host_copy(v) for v in obj)
+        return type(obj)(_host_copy(v, devices) for v in obj)
     return obj
 
 
