@@ -34,7 +34,7 @@ case "${1:-}" in
     tfkd prepare npz --source /tmp/c100/out/cifar100.npz --name cifar100 ;;
   bench)
     need_data
-    nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+    nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
     git rev-parse --short HEAD 2>/dev/null || true
     tfkd bench --data data/prepared/cifar100.npz --out "$OUT/bench-h100.json" 2>&1 | tee "$OUT/bench-h100.txt" ;;
   run)
