@@ -234,7 +234,8 @@ def report(params_path, runs_dir, out_dir):
     Writes, atomically:
       results.md    the paper's tables: best and final top-1 (mean ± std over seeds), the
                     paper's number, best − paper, the gain over the model's baseline;
-                    runs that are missing show as "not run", never as zero
+                    runs that are missing show as "not run", never as zero, and runs
+                    cut short as "partial: N/200 epochs" (from their history.tsv)
       results.json  the same rows as data (dvc metrics show)
       results.png   test-accuracy curves per model, and each method's gain vs the paper's
     A header says when the active profile (subset, epochs, width) makes the numbers

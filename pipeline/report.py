@@ -88,6 +88,21 @@ def read_curve(runs_dir, name):
     return epochs, [statistics.fmean(by_epoch[e]) for e in epochs]
 
 
+def read_partial(runs_dir, name, seeds):
+    """(epochs done, best test top-1 so far) of an unfinished run: the furthest of its seeds'
+    runs/<name>/s<seed>/history.tsv (written every epoch); None when none has an epoch yet."""
+    best = None
+    for seed in seeds:
+        path = os.path.join(runs_dir, name, f"s{seed}", "history.tsv")
+        if not os.path.exists(path):
+            continue
+        with open(path) as f:
+            rows = list(csv.DictReader(f, delimiter="\t"))
+        if rows and (best is None or len(rows) > best[0]):
+            best = (len(rows), max(float(r["test_acc"]) for r in rows))
+    return best
+
+
 def _sub(a, b):
     return None if a is None or b is None else round(a - b, 2)
 
@@ -115,12 +130,17 @@ def build_report(params_path="params.yaml", runs_dir="runs"):
         status = "measured" if seeds else "not run" if selected else f"skipped by profile {s['profile']}"
         ptop1, pstd = paper.paper_top1(name)
         notes = [n for n in (entry.get("note"), paper.NOTES.get(name)) if n]
+        partial = None if seeds else read_partial(runs_dir, name, s["seeds"])
+        if partial:  # cut short (e.g. by a GPU lease): shown as unfinished, never as a result
+            status = f"partial: {partial[0]}/{s['epochs']} epochs"
+            notes.insert(0, f"best so far {partial[1]:.2f} after {partial[0]} epochs: not a result")
         if seeds and (run.get("profile"), run.get("dataset")) != (s["profile"], s["dataset"]):
             notes.insert(0, f"run under profile {run.get('profile')} on {run.get('dataset')}")
         rows[name] = {
             "table": paper.table_of(name), "role": role, "model": model,
             "method": entry.get("method", "kd" if role == "distill" else "ce"),
             "teacher": entry.get("teacher"), "status": status, "n_seeds": len(seeds),
+            "epochs_done": partial[0] if partial else None,
             "best_top1": best, "best_top1_std": best_std, "final_top1": final, "final_top1_std": final_std,
             "paper_top1": ptop1, "paper_top1_std": pstd, "best_minus_paper": _sub(best, ptop1),
             "baseline": None if name == baseline.get(model) else baseline.get(model),
@@ -180,8 +200,13 @@ def markdown(s):
         lines.append("")
     lines += ["## Not yet measured", ""]
     todo = [n for n in s["missing_experiments"] if s["experiments"][n]["status"] == "not run"]
-    if todo:  # the actionable ones first: the active profile should have run them
+    cut = [n for n in s["missing_experiments"] if s["experiments"][n]["epochs_done"]]
+    if cut:  # the actionable ones first: the active profile should have run them
+        lines.append(f"- in profile {s['profile']}, unfinished (rerun to resume): " + ", ".join(
+            f"`{n}` ({s['experiments'][n]['epochs_done']}/{s['epochs']} epochs)" for n in cut))
+    if todo:
         lines.append(f"- in profile {s['profile']}, not run yet: " + ", ".join(f"`{n}`" for n in todo))
+    todo += cut
     for title, members in grouped({n: s["experiments"][n] for n in s["missing_experiments"] if n not in todo}):
         lines.append(f"- {title}: " + ", ".join(f"`{n}`" for n, _ in members))
     if not s["missing_experiments"]:
@@ -242,8 +267,13 @@ def plot(rep, runs_dir, path):
                     ha="left" if r["gain"] >= 0 else "right")
         if r["paper_gain"] is not None:
             ax.plot(r["paper_gain"], y, "D", color="orange", mec="black", ms=5)
-    why = {n: "" if r["gain"] is not None else "  (not run)" if r["status"] != "measured" else "  (no baseline run)"
-           for n, r in bars}
+    def why(r):
+        if r["gain"] is not None:
+            return ""
+        if r["status"] == "measured":
+            return "  (no baseline run)"
+        return "  (unfinished)" if r["epochs_done"] else "  (not run)"
+    why = {n: why(r) for n, r in bars}
     ax.set_yticks(ys, [n + why[n] for n, _ in bars], fontsize=7)
     for label, (_, r) in zip(ax.get_yticklabels(), bars):
         label.set_color(color[r["table"]])

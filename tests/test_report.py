@@ -145,3 +145,19 @@ def test_tables_from_prefixes():
     assert paper.table_of("lsr_resnet18") == "Tf-KD reg vs LSR (Table 5)"
     assert paper.paper_gain("reg_googlenet", "googlenet") == pytest.approx(1.07)  # Table 5's own 78.15
     assert paper.paper_gain("self_googlenet", "googlenet") == pytest.approx(1.45)
+
+
+def test_an_unfinished_run_shows_its_progress_never_as_a_result(project):
+    # lsr_resnet18 was cut after 2 of 3 epochs: its per-seed history exists, no summary seeds
+    folder = project / "runs" / "lsr_resnet18" / "s1"
+    folder.mkdir(parents=True)
+    folder.joinpath("history.tsv").write_text("epoch\tlr\ttrain_loss\ttrain_acc\ttest_loss\ttest_acc\n"
+                                              "1\t0.1\t4.0\t5\t4.1\t6.5\n2\t0.1\t3.5\t12\t3.6\t11.25\n")
+    rep = write_report()
+    row = rep["experiments"]["lsr_resnet18"]
+    assert row["status"] == "partial: 2/3 epochs" and row["epochs_done"] == 2
+    assert row["best_top1"] is None and row["gain"] is None  # not a result
+    assert row["note"].startswith("best so far 11.25 after 2 epochs: not a result")
+    md = Path(rep["paths"]["md"]).read_text()
+    assert "unfinished (rerun to resume): `lsr_resnet18` (2/3 epochs)" in md
+    assert rep["missing_experiments"] == ["lsr_resnet18"]
