@@ -155,19 +155,26 @@ def check(data, device, model_name="resnet18", width=1.0, batch_size=128, steps=
     cfg = RunConfig(name="check", role="train", model=model_name, width=width, batch_size=batch_size)
     objective = Objective("ce", data.num_classes).to(device)
     order = augment.epoch_order(1, 0, len(data.y_train), device)
-    runs = {}
+    runs, failed = {}, {}
     for name, g, c in forms:
-        model, step = _student(cfg, data, device, objective, ddata, None, g, c)
-        sums = []
-        for i in range(steps):
-            step(order[i * batch_size:(i + 1) * batch_size], lr)
-            sums.append(step.loss_sum.item())
+        try:
+            model, step = _student(cfg, data, device, objective, ddata, None, g, c)
+            sums = []
+            for i in range(steps):
+                step(order[i * batch_size:(i + 1) * batch_size], lr)
+                sums.append(step.loss_sum.item())
+        except Exception as e:  # a fast form that cannot run here is a finding, not the end of the bench
+            if name == "eager":
+                raise
+            failed[name] = f"{type(e).__name__}: {' '.join(str(e).split())[:300]}"
+            log(f"  {name}: FAILED ({failed[name]})")
+            continue
         losses = [(b - a) / batch_size for a, b in zip([0.0] + sums, sums)]
         runs[name] = (losses, torch.cat([p.detach().float().flatten() for p in model.parameters()]))
     eager_losses, eager_weights = runs["eager"]
     report = {"device": device_name(device), "model": model_name, "width": width, "batch_size": batch_size,
               "steps": steps, "loss_rtol": LOSS_RTOL, "weight_rtol": WEIGHT_RTOL, "eager_losses": eager_losses,
-              "forms": {}}
+              "forms": {name: {"ok": False, "error": error} for name, error in failed.items()}}
     for name, (losses, weights) in runs.items():
         if name == "eager":
             continue
@@ -179,6 +186,17 @@ def check(data, device, model_name="resnet18", width=1.0, batch_size=128, steps=
         log(f"  {name} vs eager over {steps} steps: loss rel err {loss_err:.2e}, weights rel L2 err "
             f"{weight_err:.2e} -> {'OK' if ok else 'MISMATCH'}")
     return report
+
+
+def usable(report, graph, compile):
+    """(graph, compile) for the timed rows after `check`: a form that failed to run is turned off,
+    so the bench still measures what works (and then reports the failure)."""
+    forms = report["forms"]
+    if "error" in forms.get("graph", {}):
+        graph = False
+    if any("error" in forms.get(name, {}) for name in ("graph+compile", "compile")):
+        compile = False
+    return graph, compile
 
 
 def table(result):

@@ -290,6 +290,7 @@ def bench(student, teacher, width, batch_size, steps, cache_epochs, data_path, o
     if graph or compile:
         click.echo("check: the fast step against the eager step")
         checked = b.check(ds, dev, student, width, batch_size, graph=graph, compile=compile)
+        graph, compile = b.usable(checked, graph, compile)
     click.echo(f"bench: {student} student, {teacher} teacher, width {width}, {ds.name}")
     result = b.run(ds, dev, student, teacher, width, batch_size, steps=steps or (300 if gpu else 5),
                    warmup=5 if gpu else 1, infer_batch_size=1024 if gpu else 256,
@@ -299,5 +300,7 @@ def bench(student, teacher, width, batch_size, steps, cache_epochs, data_path, o
     click.echo(b.table(result))
     click.echo(f"wrote {out}")
     if checked and not all(f["ok"] for f in checked["forms"].values()):
-        raise TfkdError(f"the fast step does not match the eager step (see 'check' in {out}); "
-                        f"run with --no-graph --no-compile until it is fixed")
+        bad = ", ".join(f"{name} ({'failed to run' if 'error' in f else 'mismatch'})"
+                        for name, f in checked["forms"].items() if not f["ok"])
+        raise TfkdError(f"the fast step is not the eager step: {bad}; see 'check' in {out} (the rows "
+                        f"were timed without what failed to run); use --no-graph / --no-compile until it is fixed")

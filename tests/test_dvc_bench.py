@@ -9,6 +9,7 @@ from pathlib import Path
 from click.testing import CliRunner
 
 from conftest import ROOT, TINY_PARAMS
+from pipeline import capture
 from pipeline.cli import main
 
 
@@ -60,3 +61,21 @@ def test_bench_on_cpu_writes_every_row(project):
     assert data["ratios"]["kd_cache_vs_ce"] == rows["train_kd_cache"] / rows["train_ce"]
     assert data["device"].startswith("cpu") and data["date"]
     assert data["graph"] is False and data["compile"] is False and data["check"] is None  # CPU: eager
+
+
+def test_bench_goes_on_without_a_fast_form_that_fails_to_run(project, monkeypatch):
+    # e.g. a GPU whose CUDA-graph capture or compiler fails: the rows are still timed without it,
+    # the failure is in the JSON, and the command ends with an error that names it
+    def compiled(module, on):
+        if on:
+            raise RuntimeError("the compiler is\nmissing")
+        return module
+    monkeypatch.setattr(capture, "compiled", compiled)
+    result = CliRunner().invoke(main, ["bench", "--steps", "1", "--compile", "--out", "bench.json"])
+    assert result.exit_code == 2
+    assert "compile: FAILED (RuntimeError: the compiler is missing)" in result.output
+    assert result.output.strip().splitlines()[-1].startswith(
+        "tfkd: error: the fast step is not the eager step: compile (failed to run); see 'check' in bench.json")
+    data = json.loads(Path("bench.json").read_text())
+    assert data["check"]["forms"]["compile"] == {"ok": False, "error": "RuntimeError: the compiler is missing"}
+    assert data["compile"] is False and all(v > 0 for v in data["images_per_second"].values())
