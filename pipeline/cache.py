@@ -89,7 +89,7 @@ def _logit_blocks(model, ddata, policy, run_key, epochs, spec, batch_size, graph
             net = fast if len(part) == batch_size else plain  # one compiled shape; the last batch eager
             rows[i:i + len(part)] = net(x).to(torch.float16)
 
-    passes = capture.Graphed(one_pass, graph, warmup=1)
+    passes = capture.Graphed(one_pass, graph, warmup=1, what="a cache pass")
     count = epochs if policy == "replay" else 1
 
     def launch(epoch):

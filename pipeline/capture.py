@@ -41,8 +41,8 @@ class Graphed:
     not sync with the host. Every call does the real work: the warm-up calls are not thrown away.
     """
 
-    def __init__(self, fn, enabled, warmup=3):
-        self.fn, self.enabled, self.warmup = fn, enabled, warmup
+    def __init__(self, fn, enabled, warmup=3, what="a step"):
+        self.fn, self.enabled, self.warmup, self.what = fn, enabled, warmup, what
         self.calls, self.graph = 0, None
 
     def __call__(self):
@@ -59,8 +59,13 @@ class Graphed:
             self.calls += 1
             return None
         if self.graph is None:
-            self.graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(self.graph):  # records fn's kernels; runs nothing
-                self.fn()
+            graph = torch.cuda.CUDAGraph()
+            try:
+                with torch.cuda.graph(graph):  # records fn's kernels; runs nothing
+                    self.fn()
+            except Exception as e:  # fn ran fine eagerly: the capture itself is what failed
+                raise TfkdError(f"capturing {self.what} in a CUDA graph failed ({type(e).__name__}: "
+                                f"{' '.join(str(e).split())[:200]}); rerun with --no-graph (env TFKD_GRAPH=0)") from e
+            self.graph = graph
         self.graph.replay()
         return None

@@ -49,7 +49,8 @@ class TrainStep:
         if graph:
             for group in opt.param_groups:
                 group["lr"] = torch.tensor(float(group["lr"]), device=dev)
-        self.captured = capture.Graphed(lambda: self._step(self.fast_net, self.index, 1.0), graph)
+        self.captured = capture.Graphed(lambda: self._step(self.fast_net, self.index, 1.0), graph,
+                                        what="the training step")
 
     def start_epoch(self, key, epoch):
         self.epoch.fill_(epoch)

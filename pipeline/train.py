@@ -93,7 +93,7 @@ class Evaluator:
         self.model, self.net, self.ddata, self.batch_size = model, Mixed(model), ddata, batch_size
         self.loss = torch.zeros((), device=ddata.device)
         self.correct = torch.zeros((), dtype=torch.int64, device=ddata.device)
-        self.graphed = capture.Graphed(self._pass, graph, warmup=1)
+        self.graphed = capture.Graphed(self._pass, graph, warmup=1, what="the evaluation pass")
 
     def _pass(self):
         d, mine = self.ddata, distributed.current().shard(range(len(self.ddata.y_test)))

@@ -5,6 +5,7 @@ audits the captured functions on the CPU). Here: the flags and their defaults, t
 inputs a captured step reads, and torch.compile (Inductor's C++ backend) against the eager step —
 the same TrainStep, fit and cache code a GPU runs.
 """
+import contextlib
 import json
 import shutil
 
@@ -93,3 +94,51 @@ def test_compiled_training_run_matches_eager(project):
     assert fast["final_top1"] == eager["final_top1"]
     timing = json.loads(open("fast/timing.json").read())
     assert timing["compile"] is True and timing["graph"] is False
+
+
+class FakeCuda:
+    """Just enough of torch.cuda for capture.Graphed's control flow on a CPU: streams are no-ops; a
+    graph counts its captures and replays (a real replay runs kernels, never the Python function)."""
+
+    def __init__(self, capture_error=None):
+        self.captures, self.replays = 0, 0
+        fake = self
+
+        class Graph:
+            def replay(self):
+                fake.replays += 1
+
+        @contextlib.contextmanager
+        def graph(g):
+            fake.captures += 1
+            yield
+            if capture_error:
+                raise RuntimeError(capture_error)
+
+        class Stream:
+            def wait_stream(self, other):
+                pass
+
+        self.CUDAGraph, self.graph, self.Stream, self.current_stream = Graph, graph, Stream, Stream
+        self.stream = lambda s: contextlib.nullcontext()
+
+
+def test_graphed_warms_up_captures_once_then_replays(monkeypatch):
+    fake = FakeCuda()
+    monkeypatch.setattr(capture.torch, "cuda", fake)
+    calls = []
+    graphed = capture.Graphed(lambda: calls.append(1), True, warmup=2)
+    for _ in range(5):
+        graphed()
+    # 2 eager warm-up calls, then fn once under capture (recorded), and a replay per call from then on
+    assert len(calls) == 3 and fake.captures == 1 and fake.replays == 3
+
+
+def test_a_failed_capture_is_one_line_naming_the_fix(monkeypatch):
+    monkeypatch.setattr(capture.torch, "cuda", FakeCuda(capture_error="operation not permitted\nwhen capturing"))
+    graphed = capture.Graphed(lambda: None, True, warmup=1, what="the training step")
+    graphed()
+    with pytest.raises(TfkdError) as err:
+        graphed()
+    assert str(err.value) == ("capturing the training step in a CUDA graph failed (RuntimeError: operation not "
+                              "permitted when capturing); rerun with --no-graph (env TFKD_GRAPH=0)")

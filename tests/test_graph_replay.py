@@ -77,7 +77,7 @@ class Audited:
 
     made = []
 
-    def __init__(self, fn, enabled, warmup=3):
+    def __init__(self, fn, enabled, warmup=3, what="a step"):
         self.fn, self.enabled, self.warmup = fn, enabled, warmup
         self.calls, self.captured, self.replays, self.problems = 0, None, 0, []
         self.name = fn.__qualname__
