@@ -11,7 +11,7 @@
 #                                      resumes from its last.pt when given again
 #
 # Everything to keep lands in $OUT: bench-h100.{json,txt}, and results.tar.gz (runs/*.json, *.tsv,
-# each seed's metrics/timing/history, the logs), to unpack at the repository root here.
+# each seed's metrics/timing/history, the logs), to unpack into results/h100/ here.
 set -euo pipefail
 export PYTHONPATH="$PWD/.data/py:$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/out}
@@ -29,7 +29,11 @@ case "${1:-}" in
   part)
     mkdir -p /tmp/c100 && cp .data/*.part0? /tmp/c100/ && ls -l /tmp/c100 ;;
   data)
-    cp .data/*.part0? /tmp/c100/
+    mkdir -p /tmp/c100 && cp .data/*.part0? /tmp/c100/
+    if [ "$(ls /tmp/c100/*.part0? | wc -l)" != 3 ]; then
+      echo "gpu_session: /tmp/c100 lacks data pieces (a fresh machine?): redo 'part' with part00, then part01" >&2
+      exit 3
+    fi
     python3 .data/decode.py /tmp/c100/out --src /tmp/c100
     tfkd prepare npz --source /tmp/c100/out/cifar100.npz --name cifar100 ;;
   bench)
