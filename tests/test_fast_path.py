@@ -61,9 +61,13 @@ def test_replay_cache_lookup_with_a_tensor_epoch():
 @needs_compiler
 def test_compiled_step_matches_the_eager_step(project):
     data = datasets.load("data/prepared/embedded.npz")
-    report = bench.check(data, CPU, "resnet18", width=0.25, batch_size=64, steps=4, compile=True, log=print)
+    report = bench.check(data, CPU, "resnet18", width=0.25, batch_size=64, steps=4, compile=True,
+                         fp32_reference=True, log=print)
     form = report["forms"]["compile"]
-    assert form["ok"]
+    assert form["ok"] and set(report["forms"]) == {"compile"}
+    # the fp32 reference is the eager step itself on a CPU: bf16 widens nothing here
+    assert report["bf16_vs_fp32"] == {"max_loss_rel_err": 0.0, "weights_rel_l2_err": 0.0}
+    assert (report["loss_rtol"], report["weight_rtol"]) == (bench.LOSS_RTOL, bench.WEIGHT_RTOL)
     # fp32 on the CPU: only the order of floating-point operations differs (amplified a little by
     # each SGD step); stale weights or a lost update would be off by percents
     assert form["max_loss_rel_err"] < 2e-3 and form["weights_rel_l2_err"] < 2e-3
