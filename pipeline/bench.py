@@ -60,11 +60,13 @@ def _batches(n, bs, device):
     return next_index
 
 
-def _student(cfg, data, device, objective, ddata, teacher, graph, compile):
+def _student(cfg, data, device, objective, ddata, teacher, graph, compile, mixed=True):
+    """A fresh student and its TrainStep; `mixed=False`: the bare fp32 model, eager."""
     model = model_for(cfg, data, device)
     opt = make_optimizer(model, cfg, device)
-    step = TrainStep(Mixed(model), opt, objective, ddata, augment.AugmentSpec(), teacher, cfg.batch_size, graph,
-                     capture.compiled(Mixed(model), compile))
+    net = Mixed(model) if mixed else model
+    step = TrainStep(net, opt, objective, ddata, augment.AugmentSpec(), teacher, cfg.batch_size, graph,
+                     capture.compiled(net, compile))
     step.start_epoch(1, 0)
     return model, step
 
@@ -116,11 +118,11 @@ def run(data, device, student="resnet18", teacher="resnet18", width=1.0, batch_s
     # 3. the reference code's way: fp32, eager, batch 128, teacher online with autograd on
     model = model_for(cfg, data, device).to(memory_format=torch.contiguous_format)
     opt = make_optimizer(model, cfg, device)
-    nxt = _batches(n, 128, device)
+    nxt, seeds = _batches(n, 128, device), augment.seeds(1, 0)
 
     def reference_step():
         index = nxt()
-        x, y = ddata.view(index, augment.seeds(1, 0), spec).contiguous(), ddata.y_train[index]
+        x, y = ddata.view(index, seeds, spec).contiguous(), ddata.y_train[index]
         loss = kd(model(x), y, tmodel(x).detach())
         opt.zero_grad()
         loss.backward()
@@ -163,19 +165,10 @@ def check(data, device, model_name="resnet18", width=1.0, batch_size=128, steps=
     objective = Objective("ce", data.num_classes).to(device)
     order = augment.epoch_order(1, 0, len(data.y_train), device)
 
-    def student(name, g, c):
-        if name != "eager_fp32":
-            return _student(cfg, data, device, objective, ddata, None, g, c)
-        model = model_for(cfg, data, device)  # the bare model: no bf16 body
-        step = TrainStep(model, make_optimizer(model, cfg, device), objective, ddata, augment.AugmentSpec(), None,
-                         batch_size)
-        step.start_epoch(1, 0)
-        return model, step
-
     runs, failed = {}, {}
     for name, g, c in forms:
         try:
-            model, step = student(name, g, c)
+            model, step = _student(cfg, data, device, objective, ddata, None, g, c, mixed=name != "eager_fp32")
             sums = []
             for i in range(steps):
                 step(order[i * batch_size:(i + 1) * batch_size], lr)
