@@ -20,9 +20,8 @@ import torch
 from . import __version__, augment, capture, distributed
 from .errors import TfkdError
 from .files import atomic_path
-from .models import build_model
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: the named-module zoo (results version 2); older caches are refused
 ATTRS = ("schema_version", "dataset", "dataset_fingerprint", "num_classes", "num_samples",
          "teacher_model", "teacher_width", "checkpoint_path", "checkpoint_sha256", "checkpoint_epoch",
          "checkpoint_choice", "teacher_test_acc", "view_policy", "aug_version", "aug_spec",
@@ -36,34 +35,6 @@ def sha256_file(path):
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
-
-
-def load_teacher(path, model_name, width, num_classes, in_channels):
-    """A teacher model from one of our checkpoints, the reference's .pth.tar (key 'state_dict',
-    maybe 'module.'-prefixed) or a plain state_dict. Returns (model in eval mode, checkpoint dict)."""
-    if not os.path.exists(path):
-        raise TfkdError(f"teacher checkpoint {path} not found: train the teacher first (tfkd train) "
-                        f"or give the path of an existing checkpoint")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise TfkdError(f"teacher checkpoint {path} cannot be read ({type(e).__name__}): "
-                        f"it is truncated or not a PyTorch checkpoint")
-    if not isinstance(ckpt, dict):
-        raise TfkdError(f"teacher checkpoint {path} holds a {type(ckpt).__name__}, not a state_dict")
-    state = ckpt.get("model", ckpt.get("state_dict", ckpt))
-    state = {k.removeprefix("module."): v for k, v in state.items()}
-    if "model_name" in ckpt and ckpt["model_name"] != model_name:
-        raise TfkdError(f"teacher checkpoint {path} is a {ckpt['model_name']}, not a {model_name}: "
-                        f"fix the teacher's model name")
-    model = build_model(model_name, num_classes, in_channels=in_channels, width=width)
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as e:
-        detail = " ".join(str(e).split())[:300]
-        raise TfkdError(f"teacher checkpoint {path} does not fit {model_name} (width {width}, "
-                        f"{num_classes} classes): wrong architecture, width or class count ({detail})")
-    return model.eval(), ckpt
 
 
 @torch.no_grad()

@@ -152,7 +152,7 @@ def train(experiment, seeds, params_path, device, overwrite, sync_bn, graph, com
 @PARAMS
 @DEVICE
 @click.option("--checkpoint", type=click.Path(dir_okay=False),
-              help="Without EXPERIMENT: any teacher checkpoint (ours, the reference's .pth.tar or a state_dict).")
+              help="Without EXPERIMENT: a teacher checkpoint: ours, the reference code's .pth.tar (zip or legacy format, with or without 'module.') or a plain state_dict.")
 @click.option("--model", help="With --checkpoint: the teacher's architecture.")
 @click.option("--width", type=float, default=1.0, show_default=True, help="With --checkpoint: width multiplier.")
 @click.option("--data", "data_path", type=click.Path(dir_okay=False), help="With --checkpoint: a prepared dataset.")
@@ -184,9 +184,10 @@ def cache_cmd(experiment, seeds, params_path, device, checkpoint, model, width, 
     if os.path.exists(out) and not overwrite:
         raise TfkdError(f"{out} exists; pass --overwrite to replace it")
     from . import cache, data, distributed
+    from .checkpoint import load_model
     from .train import DeviceData
     ddata = DeviceData(data.load(data_path), dev)
-    teacher, ckpt = cache.load_teacher(checkpoint, model, width, ddata.data.num_classes, ddata.data.channels)
+    teacher, ckpt = load_model(checkpoint, model, width, ddata.data.num_classes, ddata.data.channels)
     attrs = stages.describe_teacher(teacher.to(dev), ddata, checkpoint, ckpt, model, width, "external", 0, {})
     cache.write(out, teacher, ddata, "clean", attrs, graph=graph, compile=compile)
     if distributed.current().is_main:

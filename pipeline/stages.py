@@ -9,7 +9,7 @@ import json
 import os
 import statistics
 
-from . import augment, cache, data as datasets, distributed
+from . import augment, cache, checkpoint, data as datasets, distributed
 from .errors import TfkdError
 from .files import write_text
 from .train import DeviceData, fit
@@ -105,7 +105,7 @@ def make_cache(params, name, seeds, device, log=print, graph=None, compile=None)
         if ddata is None:
             ddata = DeviceData(load_data(cfg.dataset), device)
         data = ddata.data
-        model, ckpt = cache.load_teacher(ckpt_path, tcfg.model, tcfg.width, data.num_classes, data.channels)
+        model, ckpt = checkpoint.load_model(ckpt_path, tcfg.model, tcfg.width, data.num_classes, data.channels)
         if ckpt.get("dataset_fingerprint", data.fingerprint) != data.fingerprint:
             raise TfkdError(f"teacher checkpoint {ckpt_path} was trained on other data "
                             f"({ckpt.get('dataset')}); retrain the teacher on {data.name}")

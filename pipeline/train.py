@@ -15,10 +15,11 @@ import time
 import torch
 
 from . import __version__, augment, capture, distributed
+from .version import RESULTS_VERSION
 from .errors import TfkdError
 from .files import atomic_path, write_text
 from .losses import Objective
-from .models import build_model, split_head
+from .models import build_model
 from .step import TrainStep, optimizer_state
 
 HISTORY_COLUMNS = ("epoch", "lr", "train_loss", "train_acc", "test_loss", "test_acc")
@@ -58,8 +59,7 @@ class DeviceData:
 
 def model_for(cfg, data, device):
     torch.manual_seed(cfg.seed)  # same seed, same initial weights (as the reference)
-    model = build_model(cfg.model, data.num_classes, in_channels=data.channels,
-                        image_size=data.image_size, width=cfg.width).to(device)
+    model = build_model(cfg.model, data.num_classes, in_channels=data.channels, width=cfg.width).to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     return model
@@ -69,19 +69,20 @@ class Mixed(torch.nn.Module):
     """`model` with the precision policy, as one module that DistributedDataParallel can wrap and
     torch.compile trace whole: logits in fp32; on the GPU the body runs under bf16 autocast and the
     classifier head in fp32; on the CPU everything is plain fp32 (bf16 would only slow it down).
+    The split is the model's own: forward_features is the body, forward_head the classifier.
     It shares `model`'s parameters; checkpoints hold `model`'s own state_dict."""
 
     def __init__(self, model):
         super().__init__()
-        self.body, self.head = split_head(model)
+        self.model = model
 
     def forward(self, x):
         if x.device.type != "cuda":
-            return self.head(self.body(x))
+            return self.model(x)
         # No autocast weight cache: it must be off inside a CUDA graph, and each weight is cast once anyway.
         with torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False):
-            features = self.body(x)
-        return self.head(features.float())
+            features = self.model.forward_features(x)
+        return self.model.forward_head(features.float())
 
 
 class Evaluator:
@@ -302,7 +303,8 @@ def fit(cfg, data, run_dir, device, teacher=None, overwrite=False, log=print, st
     evaluator = Evaluator(model, ddata, cfg.eval_batch_size, graph)
     meta = {"model_name": cfg.model, "width": cfg.width, "num_classes": data.num_classes,
             "in_channels": data.channels, "dataset": data.name, "dataset_fingerprint": data.fingerprint,
-            "config": cfg.to_dict(), "digest": digest, "package_version": __version__}
+            "config": cfg.to_dict(), "digest": digest, "package_version": __version__,
+            "results_version": RESULTS_VERSION}
 
     try:
         for epoch in range(start, cfg.epochs):

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from conftest import TINY_PARAMS, write_params
-from pipeline import augment, cache, stages
+from pipeline import augment, cache, checkpoint, stages
 from pipeline.config import Params
 from pipeline.errors import TfkdError
 from pipeline.train import DeviceData, OnlineTeacher, fit, learning_rate
@@ -74,7 +74,7 @@ def test_clean_cache_matches_dataset_and_teacher(teacher):
     assert attrs["checkpoint_epoch"] == 1 and attrs["teacher_model"] == "resnet18"
     assert attrs["checkpoint_sha256"] == cache.sha256_file("runs/base_resnet18/s230/epoch_0001.pt")
     # row i is the teacher's output on training image i, un-augmented
-    model, _ = cache.load_teacher("runs/base_resnet18/s230/epoch_0001.pt", "resnet18", cfg.width, 20, 3)
+    model, _ = checkpoint.load_model("runs/base_resnet18/s230/epoch_0001.pt", "resnet18", cfg.width, 20, 3)
     dd = DeviceData(data, CPU)
     with torch.no_grad():
         want = model(dd.inputs(dd.x_train[[0, 777, 1599]])).half().numpy()
@@ -104,7 +104,7 @@ def test_replay_cache_equals_online_teacher(teacher):
     logits, attrs = cache.load(path, data, "replay", 20, key, cfg.epochs, cfg.aug_spec)
     assert logits.shape == (2, 1600, 20) and attrs["run_key"] == key
     fit(cfg, dd, "a", CPU, cache.CacheTeacher(logits, CPU))
-    tmodel, _ = cache.load_teacher("runs/base_resnet18/s230/epoch_0002.pt", "resnet18", cfg.width, 20, 3)
+    tmodel, _ = checkpoint.load_model("runs/base_resnet18/s230/epoch_0002.pt", "resnet18", cfg.width, 20, 3)
     fit(cfg, dd, "b", CPU, OnlineTeacher(tmodel))
     wa = torch.load("a/last.pt", weights_only=True)["model"]
     wb = torch.load("b/last.pt", weights_only=True)["model"]
@@ -149,20 +149,3 @@ def test_every_cache_mismatch_is_refused(teacher, mismatch, tmp_path):
     with pytest.raises(TfkdError) as e:
         cache.load(path, **args)
     assert "cache" in str(e.value) and "\n" not in str(e.value)
-
-
-def test_wrong_teacher_architecture_is_refused(teacher):
-    with pytest.raises(TfkdError, match="not a mobilenetv2"):
-        cache.load_teacher("runs/base_resnet18/s230/epoch_0002.pt", "mobilenetv2", 0.125, 20, 3)
-    with pytest.raises(TfkdError, match="does not fit"):
-        cache.load_teacher("runs/base_resnet18/s230/epoch_0002.pt", "resnet18", 0.125, 100, 3)
-
-
-def test_reference_style_checkpoint_loads(teacher, tmp_path):
-    ours = torch.load("runs/base_resnet18/s230/epoch_0002.pt", weights_only=True)
-    ref = {"epoch": 2, "state_dict": {"module." + k: v for k, v in ours["model"].items()}, "optim_dict": {}}
-    torch.save(ref, tmp_path / "best.pth.tar")
-    torch.save(ours["model"], tmp_path / "plain.pt")
-    for f in ("best.pth.tar", "plain.pt"):
-        model, _ = cache.load_teacher(str(tmp_path / f), "resnet18", 0.125, 20, 3)
-        assert torch.equal(model.state_dict()["0.0.weight"], ours["model"]["0.0.weight"])

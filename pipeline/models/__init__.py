@@ -1,6 +1,6 @@
-"""Model zoo: CIFAR-style networks from Yuan et al. (CVPR 2020), looked up by name like timm's registry."""
-from torch import nn
-
+"""Model zoo: the reference's CIFAR networks (Yuan et al., CVPR 2020), looked up by name like timm's
+registry. Each model is an ordinary nn.Module whose state_dict keys, shapes and order are the
+reference code's, so its checkpoints load strictly, with no key map (see checkpoint.py)."""
 from pipeline.errors import TfkdError
 
 MODELS = {}  # name -> factory(num_classes, in_channels, width) -> nn.Module
@@ -20,8 +20,8 @@ def model_names():
     return sorted(MODELS)
 
 
-def build_model(name, num_classes, in_channels=3, image_size=32, width=1.0):
-    """Instantiate a registered model; `image_size` is accepted for future use (all models are size-agnostic)."""
+def build_model(name, num_classes, in_channels=3, width=1.0):
+    """Instantiate a registered model. Every model pools adaptively, so any input size works."""
     if name not in MODELS:
         raise TfkdError(f"unknown model {name!r}; known models: {', '.join(model_names())}")
     if not width > 0:  # `not >` also rejects NaN
@@ -29,14 +29,6 @@ def build_model(name, num_classes, in_channels=3, image_size=32, width=1.0):
     if num_classes < 1 or in_channels < 1:
         raise TfkdError(f"invalid {name!r} shape: num_classes={num_classes}, in_channels={in_channels}; need >= 1")
     return MODELS[name](num_classes=num_classes, in_channels=in_channels, width=width)
-
-
-def split_head(model):
-    """(body, head) of a sequential model: the head starts at its last module with weights, so the
-    classifier can run in fp32 while the body runs under bf16 autocast."""
-    last = max(i for i, m in enumerate(model) if any(True for _ in m.parameters()))
-    parts = list(model)  # plain Sequentials: the zoo's classes take other constructor arguments
-    return nn.Sequential(*parts[:last]), nn.Sequential(*parts[last:])
 
 
 # Imported last: each family module registers itself with the decorator defined above.

@@ -1,6 +1,5 @@
-"""Building blocks shared by several model families (kept here so no family copies another's code)."""
+"""What every model of the zoo shares: the features/head split (timm's names) and the width rounding."""
 import torch.nn as nn
-import torch.nn.functional as F
 
 
 def scaled(channels, width, divisor=1):
@@ -9,31 +8,18 @@ def scaled(channels, width, divisor=1):
     return max(divisor, int(round(channels * width / divisor)) * divisor)
 
 
-def conv_bn(cin, cout, kernel=1, stride=1, groups=1, bias=False, act=None, padding=None):
-    """Conv -> BatchNorm -> optional activation (a class such as nn.ReLU); 'same' padding by default."""
-    padding = kernel // 2 if padding is None else padding
-    layers = [nn.Conv2d(cin, cout, kernel, stride, padding, groups=groups, bias=bias), nn.BatchNorm2d(cout)]
-    if act is not None:
-        layers.append(act())
-    return nn.Sequential(*layers)
+class CifarNet(nn.Module):
+    """A zoo model: `forward_features(x)` is everything up to the pooled features, `forward_head(f)`
+    the classifier, the child module named by `classifier_name`. The precision policy runs the first
+    under bf16 autocast on a GPU and the second in fp32; `forward` is the reference's function."""
 
+    classifier_name = "linear"
 
-def pool_linear(cin, num_classes, dropout=0.0):
-    """Global average pool + linear: adaptive pooling makes every model input-size agnostic."""
-    layers = [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
-    if dropout:
-        layers.append(nn.Dropout(dropout))
-    return nn.Sequential(*layers, nn.Linear(cin, num_classes))
+    def forward_features(self, x):
+        raise NotImplementedError
 
-
-class Residual(nn.Module):
-    """relu(body(x) + shortcut(x)), with a 1x1 conv + BN projection only when the shape changes."""
-
-    def __init__(self, body, cin, cout, stride):
-        super().__init__()
-        self.body = body
-        self.shortcut = conv_bn(cin, cout, 1, stride) if stride != 1 or cin != cout else nn.Identity()
-        self.out_channels = cout
+    def forward_head(self, features):
+        return getattr(self, self.classifier_name)(features.flatten(1))
 
     def forward(self, x):
-        return F.relu(self.body(x) + self.shortcut(x))
+        return self.forward_head(self.forward_features(x))

@@ -1,9 +1,11 @@
-"""ShuffleNetV2 (ratio 1) as in the pytorch-cifar100 version used by the reference: convs have biases."""
+"""ShuffleNetV2 (ratio 1) as the reference builds it (weiaicunzai's pytorch-cifar100): convs have
+biases, the stem `pre` has no ReLU and no max-pool, stages `stage2..4`, then `conv5` and `fc`."""
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from pipeline.models import register
-from pipeline.models.layers import conv_bn, pool_linear, scaled
+from pipeline.models.layers import CifarNet, scaled
 
 
 def channel_shuffle(x, groups=2):
@@ -12,17 +14,22 @@ def channel_shuffle(x, groups=2):
 
 
 class ShuffleUnit(nn.Module):
+    """The basic unit (stride 1, same width) transforms half the channels and keeps the rest; the
+    downsampling unit sends the whole input through both branches, the shortcut with its own
+    depthwise conv."""
+
     def __init__(self, cin, cout, stride):
         super().__init__()
         self.split = stride == 1 and cin == cout
-        branch_in = cin // 2 if self.split else cin  # basic unit transforms half the channels, keeps the rest
+        branch_in = cin // 2 if self.split else cin
         half = cout // 2
-        self.residual = nn.Sequential(conv_bn(branch_in, branch_in, 1, bias=True, act=nn.ReLU),
-                                      conv_bn(branch_in, branch_in, 3, stride, groups=branch_in, bias=True),
-                                      conv_bn(branch_in, half, 1, bias=True, act=nn.ReLU))
-        # Downsampling unit: both branches see the whole input, the shortcut gets its own depthwise conv.
-        self.shortcut = nn.Identity() if self.split else nn.Sequential(
-            conv_bn(cin, cin, 3, stride, groups=cin, bias=True), conv_bn(cin, half, 1, bias=True, act=nn.ReLU))
+        self.residual = nn.Sequential(
+            nn.Conv2d(branch_in, branch_in, 1), nn.BatchNorm2d(branch_in), nn.ReLU(inplace=True),
+            nn.Conv2d(branch_in, branch_in, 3, stride, 1, groups=branch_in), nn.BatchNorm2d(branch_in),
+            nn.Conv2d(branch_in, half, 1), nn.BatchNorm2d(half), nn.ReLU(inplace=True))
+        self.shortcut = nn.Sequential() if self.split else nn.Sequential(
+            nn.Conv2d(cin, cin, 3, stride, 1, groups=cin), nn.BatchNorm2d(cin),
+            nn.Conv2d(cin, half, 1), nn.BatchNorm2d(half), nn.ReLU(inplace=True))
 
     def forward(self, x):
         if self.split:
@@ -32,17 +39,27 @@ class ShuffleUnit(nn.Module):
         return channel_shuffle(torch.cat([shortcut, self.residual(x)], dim=1))
 
 
-class ShuffleNetV2(nn.Sequential):
+class ShuffleNetV2(CifarNet):
+    classifier_name = "fc"
+
     def __init__(self, num_classes, in_channels=3, width=1.0, channels=(116, 232, 464), units=(4, 8, 4)):
+        super().__init__()
         cin = scaled(24, width)
-        layers = [conv_bn(in_channels, cin, 3, bias=True)]  # reference stem: no ReLU, no max-pool
-        for c, n in zip(channels, units):
+        self.pre = nn.Sequential(nn.Conv2d(in_channels, cin, 3, padding=1), nn.BatchNorm2d(cin))
+        for number, (c, n) in enumerate(zip(channels, units), start=2):
             cout = scaled(c, width, divisor=2)  # even, so the channel split is exact
+            blocks = []
             for i in range(n):
-                layers.append(ShuffleUnit(cin, cout, 2 if i == 0 else 1))
+                blocks.append(ShuffleUnit(cin, cout, 2 if i == 0 else 1))
                 cin = cout
+            setattr(self, f"stage{number}", nn.Sequential(*blocks))
         last = scaled(1024, width)
-        super().__init__(*layers, conv_bn(cin, last, 1, bias=True, act=nn.ReLU), pool_linear(last, num_classes))
+        self.conv5 = nn.Sequential(nn.Conv2d(cin, last, 1), nn.BatchNorm2d(last), nn.ReLU(inplace=True))
+        self.fc = nn.Linear(last, num_classes)
+
+    def forward_features(self, x):
+        x = self.stage4(self.stage3(self.stage2(self.pre(x))))
+        return F.adaptive_avg_pool2d(self.conv5(x), 1)
 
 
 @register("shufflenetv2")
