@@ -20,7 +20,7 @@ from .version import RESULTS_VERSION
 def read(path):
     """The checkpoint at `path` as a dict, or a one-line TfkdError saying what it is instead."""
     if not os.path.exists(path):
-        raise TfkdError(f"checkpoint {path} not found: train the teacher first (tfkd train) "
+        raise TfkdError(f"teacher checkpoint {path} not found: train the teacher first (tfkd train) "
                         f"or give the path of an existing checkpoint")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
@@ -28,7 +28,7 @@ def read(path):
         if "weights_only" in str(e) or "Unsupported global" in str(e):  # pickled Python objects
             raise TfkdError(f"checkpoint {path} holds pickled Python objects (a whole model saved with "
                             f"torch.save(model)?), not weights: save model.state_dict() and pass that file")
-        raise TfkdError(f"checkpoint {path} cannot be read ({type(e).__name__}): "
+        raise TfkdError(f"teacher checkpoint {path} cannot be read ({type(e).__name__}): "
                         f"it is truncated or not a PyTorch checkpoint")
     if not isinstance(ckpt, dict):
         raise TfkdError(f"checkpoint {path} holds a {type(ckpt).__name__}, not a state_dict: "
