@@ -67,7 +67,7 @@ def load_model(path, model_name, width, num_classes, in_channels):
     A checkpoint of another model, width or class count is refused in one line naming both."""
     ckpt = read(path)
     if "model_name" in ckpt and ckpt.get("results_version") != RESULTS_VERSION:
-        raise TfkdError(f"checkpoint {path} was written by an older tfkd (results version "
+        raise TfkdError(f"teacher checkpoint {path} was written by an older tfkd (results version "
                         f"{ckpt.get('results_version', 1)}, this is {RESULTS_VERSION}) whose models differ: "
                         f"retrain it (tfkd train EXPERIMENT --overwrite)")
     model = build_model(model_name, num_classes, in_channels=in_channels, width=width)
@@ -75,7 +75,7 @@ def load_model(path, model_name, width, num_classes, in_channels):
     try:
         model.load_state_dict(state)
     except RuntimeError:
-        raise TfkdError(f"checkpoint {path} holds {describe(ckpt)}, not the {model_name} (width {width:g}, "
+        raise TfkdError(f"teacher checkpoint {path} holds {describe(ckpt)}, not the {model_name} (width {width:g}, "
                         f"{num_classes} classes, {in_channels} input channels) asked for: fix the teacher's "
                         f"model, width or dataset, or pass the right checkpoint")
     return model.eval(), ckpt

@@ -87,7 +87,7 @@ def test_external_cache_output_is_not_overwritten(tiny):
     assert tfkd(*args)[0] == 0
     one_line_error(*tfkd(*args), "cache/ext.h5", "--overwrite")
     args[4] = "mobilenetv2"
-    one_line_error(*tfkd(*(args + ["--overwrite"])), "not a mobilenetv2")
+    one_line_error(*tfkd(*(args + ["--overwrite"])), "holds resnet18", "not the mobilenetv2")
 
 
 def test_nan_loss_stops_with_epoch_and_step_and_keeps_last_good_checkpoint(tiny):
