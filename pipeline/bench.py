@@ -24,7 +24,9 @@ from . import __version__, augment, cache, capture
 from .config import RunConfig
 from .losses import Objective
 from .step import TrainStep
-from .train import DeviceData, Mixed, OnlineTeacher, device_name, make_optimizer, model_for
+from .device import device_name
+from .precision import PrecisionPolicy
+from .train import DeviceData, OnlineTeacher, make_optimizer, model_for
 
 # A fast form keeps the maths when, after `check`'s steps, every step's loss is within LOSS_RTOL of
 # the eager step's and the weights within WEIGHT_RTOL (relative L2), or within what bf16 alone
@@ -64,7 +66,7 @@ def _student(cfg, data, device, objective, ddata, teacher, graph, compile, mixed
     """A fresh student and its TrainStep; `mixed=False`: the bare fp32 model, eager."""
     model = model_for(cfg, data, device)
     opt = make_optimizer(model, cfg, device)
-    net = Mixed(model) if mixed else model
+    net = PrecisionPolicy(model) if mixed else model
     step = TrainStep(net, opt, objective, ddata, augment.AugmentSpec(), teacher, cfg.batch_size, graph,
                      capture.compiled(net, compile))
     step.start_epoch(1, 0)

@@ -20,6 +20,7 @@ import torch
 from . import __version__, augment, capture, distributed
 from .errors import TfkdError
 from .files import atomic_path
+from .precision import PrecisionPolicy
 
 SCHEMA_VERSION = 2  # 2: the named-module zoo (results version 2); older caches are refused
 ATTRS = ("schema_version", "dataset", "dataset_fingerprint", "num_classes", "num_samples",
@@ -43,14 +44,13 @@ def _logit_blocks(model, ddata, policy, run_key, epochs, spec, batch_size, graph
     rank runs the teacher on its shard of the samples and the shards are gathered in sample order.
     Every epoch is the same pass over the same shapes, so with `graph` it is one CUDA graph. When an
     epoch is yielded, the next one is already running on the device."""
-    from .train import Mixed
     world = distributed.current()
     n, k, device = len(ddata.y_train), ddata.data.num_classes, ddata.device
     mine = world.shard(range(n))
     index = torch.arange(mine.start, mine.stop, device=device)
     rows = torch.empty((len(index), k), dtype=torch.float16, device=device)
     seeds = torch.zeros(augment.STREAMS, dtype=torch.int64, device=device)
-    plain = Mixed(model)
+    plain = PrecisionPolicy(model)
     fast = capture.compiled(plain, compile)
 
     def one_pass():

@@ -81,7 +81,7 @@ def _params(path):
 def _device(name):
     """The device of this process: under torchrun, this rank's (after joining the process group)."""
     from . import distributed
-    from .train import pick_device
+    from .device import pick_device
     return distributed.init(name) or pick_device(name)
 
 

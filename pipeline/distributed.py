@@ -18,6 +18,7 @@ import os
 import torch
 import torch.distributed as dist
 
+from .device import pick_device
 from .errors import TfkdError
 
 
@@ -113,7 +114,6 @@ def init(device_name="auto"):
     size = int(os.environ.get("WORLD_SIZE", "1"))
     if size <= 1:
         return None
-    from .train import pick_device
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     if device_name.startswith("cuda:"):
         raise TfkdError(f"--device {device_name}: under torchrun each rank takes cuda:LOCAL_RANK; "

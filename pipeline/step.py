@@ -31,6 +31,7 @@ class TrainStep:
 
     `net` runs any batch shape eagerly; `fast_net` (maybe compiled) runs full batches of
     `batch_size`, captured in a CUDA graph when `graph`. A last partial batch runs eagerly.
+    Under torchrun both are the DDP-wrapped module (train.fit passes no other).
     `weight` scales this rank's loss so that DDP's gradient average is the global-batch mean.
     """
 

@@ -18,21 +18,13 @@ from . import __version__, augment, capture, distributed
 from .version import RESULTS_VERSION
 from .errors import TfkdError
 from .files import atomic_path, write_text
+from .device import device_name
 from .losses import Objective
 from .models import build_model
+from .precision import PrecisionPolicy
 from .step import TrainStep, optimizer_state
 
 HISTORY_COLUMNS = ("epoch", "lr", "train_loss", "train_acc", "test_loss", "test_acc")
-
-
-def pick_device(name="auto"):
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise TfkdError(f"--device {name}: no CUDA device is available here; use --device cpu")
-    if name.startswith("cuda"):
-        torch.backends.cudnn.benchmark = True  # fixed CIFAR shapes: let cuDNN pick its fastest kernels
-    return torch.device(name)
 
 
 class DeviceData:
@@ -65,33 +57,13 @@ def model_for(cfg, data, device):
     return model
 
 
-class Mixed(torch.nn.Module):
-    """`model` with the precision policy, as one module that DistributedDataParallel can wrap and
-    torch.compile trace whole: logits in fp32; on the GPU the body runs under bf16 autocast and the
-    classifier head in fp32; on the CPU everything is plain fp32 (bf16 would only slow it down).
-    The split is the model's own: forward_features is the body, forward_head the classifier.
-    It shares `model`'s parameters; checkpoints hold `model`'s own state_dict."""
-
-    def __init__(self, model):
-        super().__init__()
-        self.model = model
-
-    def forward(self, x):
-        if x.device.type != "cuda":
-            return self.model(x)
-        # No autocast weight cache: it must be off inside a CUDA graph, and each weight is cast once anyway.
-        with torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False):
-            features = self.model.forward_features(x)
-        return self.model.forward_head(features.float())
-
-
 class Evaluator:
     """(mean CE loss, top-1 %) on the test set, teacher-style: eval mode, no augmentation.
     Under torchrun each rank scores its shard and the sums are reduced: every rank gets the same.
     With `graph` the whole pass is one CUDA graph from the second call on."""
 
     def __init__(self, model, ddata, batch_size, graph=False):
-        self.model, self.net, self.ddata, self.batch_size = model, Mixed(model), ddata, batch_size
+        self.model, self.net, self.ddata, self.batch_size = model, PrecisionPolicy(model), ddata, batch_size
         self.loss = torch.zeros((), device=ddata.device)
         self.correct = torch.zeros((), dtype=torch.int64, device=ddata.device)
         self.graphed = capture.Graphed(self._pass, graph, warmup=1, what="the evaluation pass")
@@ -137,7 +109,7 @@ class OnlineTeacher:
     """A teacher network run on the student's own views (reference-style KD; tests and bench)."""
 
     def __init__(self, model, round_to=torch.float16):
-        self.net = Mixed(model.eval())
+        self.net = PrecisionPolicy(model.eval())
         self.round_to = round_to  # mimic the cache's storage dtype, for exact-replay comparisons
 
     @torch.no_grad()
@@ -297,9 +269,11 @@ def fit(cfg, data, run_dir, device, teacher=None, overwrite=False, log=print, st
         phases = state.get("phases", [])
         _set_rng_state(state["rng"])
         log(f"[{cfg.name} s{cfg.seed}] resuming after epoch {start} from {rd.file('last.pt')}")
-    net = world.wrap(Mixed(model), device)
-    step = TrainStep(net, opt, objective, ddata, cfg.aug_spec, teacher, bs, graph,
-                     capture.compiled(Mixed(model), compile))
+    net = world.wrap(PrecisionPolicy(model), device)
+    # Under torchrun every step must go through the DDP wrapper (it all-reduces the gradients), so
+    # only a single process gets a second, unwrapped (maybe compiled) module for its full batches.
+    fast = net if world.distributed else capture.compiled(PrecisionPolicy(model), compile)
+    step = TrainStep(net, opt, objective, ddata, cfg.aug_spec, teacher, bs, graph, fast)
     evaluator = Evaluator(model, ddata, cfg.eval_batch_size, graph)
     meta = {"model_name": cfg.model, "width": cfg.width, "num_classes": data.num_classes,
             "in_channels": data.channels, "dataset": data.name, "dataset_fingerprint": data.fingerprint,
@@ -374,10 +348,6 @@ def fit(cfg, data, run_dir, device, teacher=None, overwrite=False, log=print, st
             indent=2) + "\n")
     world.barrier()  # the files exist before any rank goes on to a stage that reads them
     return metrics
-
-
-def device_name(device):
-    return torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({os.cpu_count()} cores)"
 
 
 def write_history(path, rows, seed=None):
