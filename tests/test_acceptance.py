@@ -3,6 +3,7 @@ result; a run that completes leaves its metrics where `tfkd report` finds them."
 import json
 from pathlib import Path
 
+import numpy as np
 from click.testing import CliRunner
 
 from conftest import write_params
@@ -13,7 +14,7 @@ PARAMS = """
 profile: smoke
 profiles:
   smoke: {dataset: embedded, epochs: 1, width: 0.125}
-  check: {dataset: embedded, epochs: EPOCHS, width: 0.125, checkpoints: {one_epoch: 1}}
+  check: {dataset: mini, epochs: EPOCHS, width: 0.125, checkpoints: {one_epoch: 1}}
 seeds: [230]
 defaults: {batch_size: 128}
 train:
@@ -21,10 +22,20 @@ train:
 """
 
 
+def raw_npz(path="mini.npz", train=16, test=4):
+    """A raw npz as a user has one (x_train, y_train, x_test, y_test): a few images per class of the
+    embedded subset, so the tiny form stays quick."""
+    with np.load("data/prepared/embedded.npz") as d:
+        keep = {split: np.concatenate([np.flatnonzero(d[f"y_{split}"] == k)[:count] for k in range(20)])
+                for split, count in (("train", train), ("test", test))}
+        np.savez(path, **{f"{a}_{split}": d[f"{a}_{split}"][keep[split]] for a in "xy" for split in keep})
+    return path
+
+
 def accept(epochs, *args):
     write_params("params.yaml", PARAMS.replace("EPOCHS", str(epochs)))
     return CliRunner().invoke(main, ["acceptance", "--profile", "check", "--steps", "1", "--cache-epochs", "1",
-                                     "--data", "data/prepared/embedded.npz", *args])
+                                     "--data", raw_npz(), *args])
 
 
 def report_row(name="base_resnet18"):
@@ -49,11 +60,18 @@ def test_a_run_cut_by_the_time_cap_is_partial_and_resumable(project):
     assert "PARTIAL" in Path("runs/acceptance.md").read_text()
     row = report_row()
     assert row["status"] == "partial: 1/3 epochs" and row["best_top1"] is None
+    # the same command again resumes the run from its checkpoint and completes it
+    result = accept(3, "--time-cap", "300")
+    assert result.exit_code == 0, result.output
+    assert "resuming after epoch 1" in result.output
+    t = json.loads(Path("runs/acceptance.json").read_text())["training"]
+    assert not t["partial"] and t["epochs_done"] == 3 and (run / "metrics.json").exists()
 
 
 def test_a_completed_run_states_every_target_and_its_metrics_reach_the_report(project):
     result = accept(2, "--time-cap", "300")
     assert result.exit_code == 0, result.output
+    assert Path("data/prepared/mini.npz").exists()  # the raw npz, prepared as `tfkd prepare npz` does
     data = json.loads(Path("runs/acceptance.json").read_text())
     for key in ("device", "torch", "git_commit", "command", "date"):
         assert data[key] is not None, key
