@@ -9,6 +9,9 @@ cache.write) with the same fast path; only the reference row turns off what the 
 
 `check` trains a few steps eagerly and with each fast form from the same weights on the same
 batches and compares the losses and the weights: the fast path must keep the maths.
+
+`acceptance` (`tfkd acceptance`) runs both, then the paper's base_resnet18 run under a time cap,
+and sets each figure beside its target (TARGETS) with PASS / MISS.
 """
 import datetime
 import json

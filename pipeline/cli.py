@@ -336,8 +336,9 @@ def acceptance(data_path, time_cap, profile, experiment, steps, cache_epochs, ou
     200-epoch run <= 4 min with best >= 75.6 %), the measured figure and PASS / MISS, with the
     device, torch version, git commit, command line and date. The run's metrics go where
     `tfkd report` finds them (runs/EXPERIMENT.json, runs/EXPERIMENT/s<seed>/).
-    A run stopped by --time-cap (after the epoch in which it passes) keeps its checkpoint and is reported as partial, never as a result;
-    the command then exits 2, and given again it resumes the run.
+    A run stopped by --time-cap (after the epoch in which it passes) keeps its checkpoint and
+    is reported as partial, never as a result; the command then exits 2, and given again it
+    resumes the run.
     Example:  tfkd acceptance --data cifar100.npz --time-cap 540
     """
     from . import bench as b
