@@ -1,4 +1,5 @@
-# The two commands of the README: `make run` (the pipeline) and `make test` (the tests).
+# The commands of the README: `make run` (the pipeline), `make test` (the tests) and, on a GPU,
+# `make gpu-check DATA=cifar100.npz` (tfkd acceptance; TIME_CAP seconds for its training run).
 # Each installs what it needs into .venv first. Override TORCH for another build of PyTorch.
 PYTHON ?= python3
 TORCH ?= torch==2.14.1 torchvision==0.29.1
@@ -20,4 +21,9 @@ run: install
 test: install
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q
 
-.PHONY: install run test
+DATA ?=
+TIME_CAP ?= 540
+gpu-check: install
+	PATH="$(CURDIR)/$(BIN):$$PATH" tfkd acceptance $(if $(DATA),--data $(DATA)) --time-cap $(TIME_CAP)
+
+.PHONY: install run test gpu-check

@@ -9,11 +9,17 @@ cache.write) with the same fast path; only the reference row turns off what the 
 
 `check` trains a few steps eagerly and with each fast form from the same weights on the same
 batches and compares the losses and the weights: the fast path must keep the maths.
+
+`acceptance` (`tfkd acceptance`) runs both, then the paper's base_resnet18 run under a time cap,
+and sets each figure beside its target (TARGETS) with PASS / MISS.
 """
 import datetime
 import json
 import os
 import platform
+import shlex
+import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -22,6 +28,7 @@ import torch
 
 from . import __version__, augment, cache, capture
 from .config import RunConfig
+from .errors import TfkdError
 from .losses import Objective
 from .step import TrainStep
 from .device import device_name
@@ -231,3 +238,216 @@ def table(result):
 def dump(result, path):
     from .files import write_text
     write_text(path, json.dumps(result, indent=2) + "\n")
+
+
+# ---- `tfkd acceptance`: the check, every bench row and the paper's ResNet18 run, against the targets ----
+
+# What a GPU run is judged against: (key, what, threshold, unit); at most `threshold` for seconds,
+# at least `threshold` for everything else.
+TARGETS = [("train_ce", "ResNet18 training, CE, batch 128", 40_000, "img/s"),
+           ("train_lsr", "ResNet18 training, LSR, batch 128", 40_000, "img/s"),
+           ("train_reg", "ResNet18 training, Tf-KD reg, batch 128", 40_000, "img/s"),
+           ("train_kd_cache", "ResNet18 training, KD from the cache, batch 128", 40_000, "img/s"),
+           ("ce_vs_reference", "CE vs the reference-style loop", 3.0, "x"),
+           ("lsr_vs_reference", "LSR vs the reference-style loop", 3.0, "x"),
+           ("reg_vs_reference", "reg vs the reference-style loop", 3.0, "x"),
+           ("kd_cache_vs_reference", "KD from the cache vs the reference-style loop", 3.0, "x"),
+           ("kd_cache_vs_ce", "KD from the cache vs CE", 0.97, "x"),
+           ("cache_write", "cache writing, ResNet18 teacher", 250_000, "img/s"),
+           ("train_seconds", "the training run, all epochs", 240, "s"),
+           ("best_top1", "the training run, best top-1", 75.6, "%")]
+TRAIN_TARGETS = ("train_seconds", "best_top1")
+
+
+def acceptance_data(params, source):
+    """The profile's prepared dataset data/prepared/<dataset>.npz, made from `source` when it is not
+    there: a raw npz (x_train, y_train, x_test, y_test, imported by data.prepare as `tfkd prepare npz`
+    does) or an already prepared dataset. A prepared file with other content is never replaced."""
+    from . import data, stages
+    target = stages.prepared_path(params.dataset)
+    if source is None or (os.path.exists(target) and os.path.samefile(source, target)):
+        return data.load(target)
+    try:
+        given = data.load(source)
+    except TfkdError:
+        given = None  # not a prepared dataset: a raw npz
+    if given is not None and given.name != params.dataset:
+        raise TfkdError(f"{source} is the prepared dataset {given.name!r}, the profile's is {params.dataset!r}: "
+                        f"pass the raw npz instead, or prepare it with --name {params.dataset}")
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=os.path.dirname(target)) as tmp:
+        made = os.path.join(tmp, os.path.basename(target))
+        if given is None:
+            given = data.prepare("npz", made, source=source, name=params.dataset)
+        else:
+            shutil.copyfile(source, made)
+        if os.path.exists(target):
+            if data.load(target).fingerprint != given.fingerprint:
+                raise TfkdError(f"{target} exists and holds other data than {source}: move it away, "
+                                f"or pass --data {target} to use it")
+        else:
+            os.replace(made, target)
+    return data.load(target)
+
+
+def acceptance_train(params, name, device, time_cap, graph, compile, log=print):
+    """Train experiment `name` (first seed), stopping after the epoch in which `time_cap` seconds
+    pass. Cut short, it keeps its last checkpoint (the same command resumes it), writes no
+    metrics.json and its summary runs/<name>.json names no result: the report shows it as partial."""
+    from . import stages
+    from .train import fit
+    seed = params.seeds[0]
+    cfg, folder = params.run(name, seed), stages.run_dir(name, seed)
+    t0 = time.perf_counter()
+    metrics = fit(cfg, DeviceData(stages.load_data(cfg.dataset), device), folder, device, log=log, graph=graph,
+                  compile=compile, time_cap=time_cap)
+    cut = metrics is None
+    stages.write_summary(params, name, [] if cut else [seed])
+    wall = time.perf_counter() - t0
+    out = {"experiment": name, "seed": seed, "epochs": params.run(name, seed).epochs, "time_cap_seconds": time_cap,
+           "wall_seconds": wall, "partial": cut, "run_dir": folder,
+           "summary": os.path.join("runs", f"{name}.json")}
+    if cut:
+        rows = []
+        if os.path.exists(os.path.join(folder, "history.tsv")):
+            with open(os.path.join(folder, "history.tsv")) as f:
+                rows = [line.split("\t") for line in f.read().splitlines()[1:]]
+        out.update(epochs_done=len(rows), best_top1_so_far=max((float(r[-1]) for r in rows), default=None))
+        return out
+    with open(os.path.join(folder, "metrics.json")) as f:
+        metrics = json.load(f)
+    with open(os.path.join(folder, "timing.json")) as f:
+        timing = json.load(f)
+    out.update(epochs_done=metrics["epochs"], best_top1=metrics["best_top1"], best_epoch=metrics["best_epoch"],
+               final_top1=metrics["final_top1"], train_seconds=timing["total_seconds"],
+               images_per_second=timing["images_per_second"])
+    return out
+
+
+def not_at_target_setting(params, name, ds, device, bench_result):
+    """Why these figures are not at the targets' setting (one GPU, full CIFAR-100, the paper's
+    ResNet18 at batch 128, 200 epochs); an empty list when they are."""
+    cfg = params.run(name, params.seeds[0])
+    why = []
+    if device.type != "cuda":
+        why.append(f"device {device_name(device)} (the targets are for a GPU)")
+    if (len(ds.y_train), ds.num_classes) != (50_000, 100):
+        why.append(f"dataset {ds.name}: {len(ds.y_train):,} train images, {ds.num_classes} classes "
+                   f"(full CIFAR-100: 50,000, 100)")
+    if (cfg.model, cfg.width, cfg.batch_size, cfg.epochs) != ("resnet18", 1.0, 128, 200):
+        why.append(f"{name}: {cfg.model} width {cfg.width:g}, batch {cfg.batch_size}, {cfg.epochs} epochs "
+                   f"(the paper: resnet18 width 1, batch 128, 200 epochs)")
+    if bench_result["steps"] < 100:
+        why.append(f"{bench_result['steps']} timed steps per bench row")
+    return why
+
+
+def verdicts(bench_result, trained):
+    """Every target with the measured figure and PASS / MISS (NO RESULT for a run cut short)."""
+    rates, ratios = bench_result["images_per_second"], dict(bench_result["ratios"])
+    base = rates["reference_kd_online_fp32"]
+    ratios.update(lsr_vs_reference=rates["train_lsr"] / base, reg_vs_reference=rates["train_reg"] / base)
+    measured = {**rates, **ratios, "train_seconds": trained.get("train_seconds"), "best_top1": trained.get("best_top1")}
+    rows = []
+    for key, what, threshold, unit in TARGETS:
+        value = measured[key]
+        if value is None:
+            verdict = f"NO RESULT (partial: {trained['epochs_done']}/{trained['epochs']} epochs)"
+        else:
+            verdict = "PASS" if (value <= threshold if unit == "s" else value >= threshold) else "MISS"
+        rows.append({"key": key, "what": what, "target": f"{'≤' if unit == 's' else '≥'} {threshold:,g} {unit}",
+                     "threshold": threshold, "unit": unit, "measured": value, "verdict": verdict})
+    return rows
+
+
+def git_commit():
+    """(commit, dirty) of the code's own repository; (None, None) outside a git checkout."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True)
+        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                                capture_output=True, text=True, check=True)
+    except (OSError, subprocess.CalledProcessError):
+        return None, None
+    return head.stdout.strip(), bool(status.stdout.strip())
+
+
+def summary(result):
+    """The acceptance result for a person: what ran where, then one line per target."""
+    commit = (result["git_commit"] or "unknown")[:12] + (" (uncommitted changes)" if result["git_dirty"] else "")
+    lines = [f"# tfkd acceptance, {result['date']}", "",
+             f"device {result['device']}, torch {result['torch']}, commit {commit}",
+             f"command: {result['command']}", ""]
+    if result["not_at_target_setting"]:
+        lines += ["NOT the targets' setting, so these verdicts are for the record only: "
+                  + "; ".join(result["not_at_target_setting"]) + ".", ""]
+    check = result["check"]
+    lines.append("fast step vs eager: " + ("not run (no fast path on this device)" if check is None else
+                 ", ".join(f"{n} {'OK' if f['ok'] else 'FAILED' if 'error' in f else 'MISMATCH'}"
+                           for n, f in check["forms"].items())))
+    lines += ["", "| target | wanted | measured | verdict |", "|---|---|---|---|"]
+    for row in result["targets"]:
+        value = "—" if row["measured"] is None else f"{row['measured']:,.{2 if row['unit'] in ('x', '%') else 0}f}"
+        lines.append(f"| {row['what']} | {row['target']} | {value} | {row['verdict']} |")
+    t = result["training"]
+    lines.append("")
+    if t["partial"]:
+        so_far = t["best_top1_so_far"]
+        lines.append(f"{t['experiment']}: PARTIAL, cut at the time cap of {t['time_cap_seconds']:g} s after "
+                     f"{t['epochs_done']}/{t['epochs']} epochs (best so far "
+                     f"{'—' if so_far is None else f'{so_far:.2f} %'}: not a result); rerun to resume")
+    else:
+        lines.append(f"{t['experiment']}: {t['epochs_done']} epochs in {t['train_seconds']:.0f} s (this call "
+                     f"{t['wall_seconds']:.0f} s), best top-1 {t['best_top1']:.2f} % (epoch {t['best_epoch']}), "
+                     f"final {t['final_top1']:.2f} %, {t['images_per_second']:,.0f} img/s")
+    lines += [f"metrics: {t['run_dir']}/ and {t['summary']} (tfkd report)", "", "bench rows:", "", table(result["bench"])]
+    return "\n".join(lines) + "\n"
+
+
+def acceptance(params, source, device, time_cap, experiment="base_resnet18", steps=None, cache_epochs=None,
+               graph=None, compile=None, out="runs/acceptance.json", log=print):
+    """The whole acceptance run, phase by phase; writes `out` (JSON) and the summary beside it (.md).
+    Returns the result; its `problems` say what should fail the command."""
+    from .files import write_text
+    started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    gpu = device.type == "cuda"
+    if params.role_of(experiment) != "train":
+        raise TfkdError(f"{experiment} is a distill experiment; the acceptance run trains a train entry")
+    if not params.selected(experiment):
+        raise TfkdError(f"{experiment} is not in the 'only' list of profile {params.profile_name!r}; "
+                        f"add it there or pick another --profile")
+    cfg = params.run(experiment, params.seeds[0])
+    ds = acceptance_data(params, source)
+    log(f"data: {ds.name}, {len(ds.y_train):,} train / {len(ds.y_test):,} test images")
+    graph, compile = capture.fast_path(device, 1, graph, compile)
+    checked = None
+    if graph or compile:
+        log("check: the fast step against the eager step")
+        checked = check(ds, device, cfg.model, cfg.width, cfg.batch_size, graph=graph, compile=compile, log=log)
+        graph, compile = usable(checked, graph, compile)
+    log(f"bench: {cfg.model} student and teacher, width {cfg.width:g}, batch {cfg.batch_size}")
+    bench_result = run(ds, device, cfg.model, cfg.model, cfg.width, cfg.batch_size,
+                       infer_batch_size=1024 if gpu else 256, steps=steps or (300 if gpu else 5),
+                       warmup=5 if gpu else 1, cache_epochs=cache_epochs or (10 if gpu else 2), graph=graph,
+                       compile=compile, log=log)
+    log(f"train: {experiment}, profile {params.profile_name}, {cfg.epochs} epochs, time cap {time_cap:g} s")
+    trained = acceptance_train(params, experiment, device, time_cap, graph, compile, log=log)
+    commit, dirty = git_commit()
+    result = {"date": started, "device": device_name(device), "torch": torch.__version__,
+              "python": platform.python_version(), "package_version": __version__, "git_commit": commit,
+              "git_dirty": dirty, "command": shlex.join(["tfkd"] + sys.argv[1:]), "profile": params.profile_name,
+              "dataset": {"name": ds.name, "fingerprint": ds.fingerprint, "train_images": len(ds.y_train)},
+              "not_at_target_setting": not_at_target_setting(params, experiment, ds, device, bench_result),
+              "targets": verdicts(bench_result, trained), "check": checked, "bench": bench_result,
+              "training": trained, "problems": []}
+    if checked and not all(f["ok"] for f in checked["forms"].values()):
+        bad = ", ".join(n for n, f in checked["forms"].items() if not f["ok"])
+        result["problems"].append(f"the fast step is not the eager step ({bad}; see 'check' in {out}): "
+                                  f"use --no-graph / --no-compile until it is fixed")
+    if trained["partial"]:
+        result["problems"].append(f"{experiment} was cut at the time cap after {trained['epochs_done']}/"
+                                  f"{trained['epochs']} epochs: a partial run, not a result; rerun the same "
+                                  f"command (or raise --time-cap) to resume it")
+    write_text(out, json.dumps(result, indent=2) + "\n")
+    write_text(os.path.splitext(out)[0] + ".md", summary(result))
+    return result

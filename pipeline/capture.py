@@ -1,10 +1,11 @@
 """The GPU fast path: torch.compile, and work captured whole in a CUDA graph and replayed.
 
-At CIFAR sizes a GPU step is bound by kernel launches, not by the GPU (DESIGN.md, "Speed"): an
-eager ResNet18 step at batch 128 runs at ~11k img/s, the same step captured in one CUDA graph at
-~38k, ~44k with the model compiled. A captured function reads and writes only tensors that live
-across calls and never syncs with the host; that is why the augmentation and the cache lookup are
-pure functions of device tensors (sample indices, the epoch's seeds).
+At CIFAR sizes a GPU step is bound by kernel launches, not by the GPU. In a feasibility loop timed
+before this code (not part of this repository), an eager ResNet18 step at batch 128 ran at ~11k
+img/s, the same step captured in one CUDA graph at ~38k, ~44k with the model compiled. A captured
+function reads and writes only tensors that live across calls and never syncs with the host; that
+is why the augmentation and the cache lookup are pure functions of device tensors (sample indices,
+the epoch's seeds).
 
 Both are on by default on one CUDA device, and off on the CPU and under torchrun (the same code
 then runs eagerly): `--no-graph` / `--no-compile` turn them off, e.g. to save compile time.

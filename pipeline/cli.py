@@ -305,3 +305,55 @@ def bench(student, teacher, width, batch_size, steps, cache_epochs, data_path, o
                         for name, f in checked["forms"].items() if not f["ok"])
         raise TfkdError(f"the fast step is not the eager step: {bad}; see 'check' in {out} (the rows "
                         f"were timed without what failed to run); use --no-graph / --no-compile until it is fixed")
+
+
+@main.command()
+@click.option("--data", "data_path", type=click.Path(exists=True, dir_okay=False),
+              help="CIFAR-100 as an npz (x_train, y_train, x_test, y_test) or an already prepared dataset; "
+                   "default: the profile's data/prepared/<dataset>.npz.")
+@click.option("--time-cap", type=click.FloatRange(min=0, min_open=True), default=480, show_default=True,
+              help="Seconds the training run may take: it stops after the epoch in which they pass, is "
+                   "reported as partial and resumes when the command is given again.")
+@click.option("--profile", default="paper", show_default=True, help="The params.yaml profile to train under.")
+@click.option("--experiment", default="base_resnet18", show_default=True, help="The train entry to run.")
+@click.option("--steps", type=int, default=None, help="Timed steps per bench row (default: 300 on GPU, 5 on CPU).")
+@click.option("--cache-epochs", type=int, default=None,
+              help="Replay epochs timed for cache writing (default: 10 on GPU, 2 on CPU).")
+@click.option("--out", default="runs/acceptance.json", show_default=True, type=click.Path(dir_okay=False),
+              help="The JSON result; the human summary goes beside it (.md).")
+@PARAMS
+@DEVICE
+@GRAPH
+@COMPILE
+def acceptance(data_path, time_cap, profile, experiment, steps, cache_epochs, out, params_path, device, graph,
+               compile):
+    """The acceptance run on any GPU: `tfkd bench`'s fast-vs-eager check, every bench row, then
+    base_resnet18 at the paper's setting (profile paper: full CIFAR-100, 200 epochs, batch 128).
+
+    \b
+    Writes OUT (JSON) and OUT's .md: each target (training >= 40k img/s and >= 3x the
+    reference-style loop, KD from the cache >= 0.97x CE, cache writing >= 250k img/s, the
+    200-epoch run <= 4 min with best >= 75.6 %), the measured figure and PASS / MISS, with the
+    device, torch version, git commit, command line and date. The run's metrics go where
+    `tfkd report` finds them (runs/EXPERIMENT.json, runs/EXPERIMENT/s<seed>/).
+    A run stopped by --time-cap (after the epoch in which it passes) keeps its checkpoint and
+    is reported as partial, never as a result; the command then exits 2, and given again it
+    resumes the run.
+    Example:  tfkd acceptance --data cifar100.npz --time-cap 540
+    """
+    from . import bench as b
+    from .config import Params
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise TfkdError("tfkd acceptance measures one process on one device; run it without torchrun")
+    p = _params(params_path)
+    if profile not in (p.raw.get("profiles") or {}):
+        raise TfkdError(f"{params_path}: no profile {profile!r}; pass --profile one of {', '.join(p.raw.get('profiles') or {})}")
+    p = Params(dict(p.raw, profile=profile), params_path)
+    p.validate()
+    result = b.acceptance(p, data_path, _device(device), time_cap, experiment, steps, cache_epochs, graph, compile,
+                          out)
+    click.echo("")
+    click.echo(b.summary(result), nl=False)
+    click.echo(f"wrote {out} and {os.path.splitext(out)[0]}.md")
+    if result["problems"]:
+        raise TfkdError("; ".join(result["problems"]))

@@ -1,7 +1,7 @@
 """The paper's CIFAR-100 top-1 (%) as data, keyed by our experiment names in params.yaml.
 
-Source: Yuan et al., CVPR 2020, Tables 1-5 (the README figures of the reference code; see
-../shared/reference/reference-code.md §6.1). A value is (mean, std); std is None where the paper
+Source: Yuan et al., CVPR 2020, Tables 1-5 (also the README of the reference code,
+github.com/yuanli2333/Teacher-free-Knowledge-Distillation). A value is (mean, std); std is None where the paper
 gives a single number. The paper reports best-of-epochs test accuracy.
 """
 

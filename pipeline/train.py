@@ -224,11 +224,13 @@ def _resume_point(rd, digest, overwrite):
 
 
 def fit(cfg, data, run_dir, device, teacher=None, overwrite=False, log=print, stop_after=None, sync_bn=False,
-        graph=None, compile=None):
+        graph=None, compile=None, time_cap=None):
     """Train one run to the end (resuming if possible); returns its metrics dict.
 
     `teacher` supplies KD targets: an object with .logits(epoch, index, x) -> [B, K] float.
     `stop_after` (tests only) returns after that many epochs, as if the process had been killed.
+    `time_cap` (seconds): stop cleanly after the epoch in which this call passes it, its checkpoint
+    kept (a rerun resumes); like stop_after, a run cut short returns None and writes no metrics.
     Under torchrun every rank calls this; rank 0 decides about resuming and writes every file.
     BatchNorm statistics are per rank (as in torchvision's reference) unless `sync_bn`.
     `graph` / `compile`: the fast path of capture.py (None: on for one CUDA device).
@@ -280,6 +282,7 @@ def fit(cfg, data, run_dir, device, teacher=None, overwrite=False, log=print, st
             "config": cfg.to_dict(), "digest": digest, "package_version": __version__,
             "results_version": RESULTS_VERSION}
 
+    started = time.perf_counter()
     try:
         for epoch in range(start, cfg.epochs):
             t0 = time.perf_counter()
@@ -326,11 +329,15 @@ def fit(cfg, data, run_dir, device, teacher=None, overwrite=False, log=print, st
                 f"{n / seconds:,.0f} img/s eta {eta:.0f}s")
             if stop_after is not None and done - start >= stop_after:
                 break
+            if time_cap is not None and done < cfg.epochs and time.perf_counter() - started >= time_cap:
+                log(f"[{cfg.name} s{cfg.seed}] time cap of {time_cap:g}s passed after epoch {done}/{cfg.epochs}: "
+                    f"stopped, partial; rerun to resume from {rd.file('last.pt')}")
+                break
     except BaseException:
         rd.wait(quiet=True)  # leave the last checkpoint whole; the original error is the one to report
         raise
     rd.wait()
-    if len(history) < cfg.epochs:  # stopped early by stop_after
+    if len(history) < cfg.epochs:  # stopped early by stop_after or time_cap
         return None
 
     metrics = {"experiment": cfg.name, "seed": cfg.seed, "method": cfg.method, "model": cfg.model,

@@ -83,7 +83,7 @@ def test_reg_softens_only_the_virtual_teacher_in_reference_form(form):
 
 
 def test_virtual_teacher_is_almost_uniform_at_cifar100_temperature():
-    # reference-code.md: q puts 0.01050 on the true class at T = 20 with K = 100
+    # the reference code's virtual teacher (Yuan et al.'s Tf-KD reg) puts 0.01050 on the true class at T = 20 with K = 100
     q = virtual_teacher_table(100, 0.99, 20.0)
     assert q[3, 3].item() == pytest.approx(0.01050, abs=5e-6)
     assert q.sum(1).tolist() == pytest.approx([1.0] * 100)
