@@ -1,6 +1,6 @@
 """Build data/embedded/cifar100-subset.npz, the small CIFAR-100 subset the tests and `tfkd prepare embedded` use.
 
-    python data/embedded/build.py [--src ../shared/datasets/cifar100/cifar100.npz | --src FOLDER_WITH_XZ_PIECES]
+    python data/embedded/build.py --src PATH/cifar100.npz   (or --src FOLDER_WITH_DECODE_PY_AND_XZ_PIECES)
 
 Subset: the 20 fine classes 0, 5, ..., 95 (relabelled 0..19 in that order), the first 80 training and the
 first 20 test images of each, kept in dataset order. The output is byte-for-byte deterministic.
@@ -66,7 +66,7 @@ def save_deterministic(path, arrays):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--src", default=str(REPO.parent / "shared/datasets/cifar100"),
+    ap.add_argument("--src", required=True,
                     help="full CIFAR-100 .npz (from decode.py) or the folder holding decode.py and the xz pieces")
     ap.add_argument("--out", default=str(HERE / "cifar100-subset.npz"))
     a = ap.parse_args()
