@@ -105,7 +105,7 @@ def write(path, model, ddata, policy, attrs, run_key=0, epochs=1, spec=None, bat
                  aug_spec=json.dumps(vars(spec) if spec else {}, sort_keys=True),
                  run_key=int(run_key), epochs=int(epochs if policy == "replay" else 0),
                  package_version=__version__)
-    with atomic_path(path) as tmp:
+    with atomic_path(path, need=2 * int(np.prod(shape)) + 8 * n) as tmp:  # h5py may crash on a full disk
         with h5py.File(tmp, "w") as f:
             f.create_dataset("labels", data=data.y_train.astype(np.int64), track_times=False)
             ds = f.create_dataset("logits", shape=shape, dtype=np.float16, chunks=chunks, track_times=False)

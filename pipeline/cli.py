@@ -43,16 +43,27 @@ class Group(click.Group):
             sys.exit(2)
         except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException, SystemExit):
             raise
+        except OSError as e:
+            from .files import no_space, no_space_error
+            if not no_space(e):
+                raise self._other(ctx, e)
+            click.echo(f"tfkd: error: {no_space_error(e.filename or 'a file', e)}", err=True)
+            sys.exit(2)
         except KeyboardInterrupt:
             click.echo("tfkd: interrupted; rerun the same command to resume from the last checkpoint", err=True)
             sys.exit(130)
         except Exception as e:
-            if ctx.obj and ctx.obj.get("debug"):
-                raise
-            click.echo(f"tfkd: error: {type(e).__name__}: {e} (rerun with --debug for the traceback)", err=True)
-            sys.exit(1)
+            raise self._other(ctx, e)
         finally:
             distributed.shutdown()
+
+    @staticmethod
+    def _other(ctx, e):
+        """An unexpected error: its traceback with --debug, else one line and exit status 1."""
+        if ctx.obj and ctx.obj.get("debug"):
+            return e
+        click.echo(f"tfkd: error: {type(e).__name__}: {e} (rerun with --debug for the traceback)", err=True)
+        return SystemExit(1)
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -90,8 +101,9 @@ def _device(name):
 @click.option("--source", type=click.Path(), help="npz file, Tiny-ImageNet folder or download folder.")
 @click.option("--name", help="Name of the prepared dataset (default: KIND), e.g. cifar100 for an npz import.")
 @click.option("--out", type=click.Path(dir_okay=False), help="Output file (default data/prepared/NAME.npz).")
+@click.option("--overwrite", is_flag=True, help="Replace a file at --out that is not a prepared dataset.")
 @PARAMS
-def prepare(kind, source, name, out, params_path):
+def prepare(kind, source, name, out, overwrite, params_path):
     """Turn a dataset into uint8 arrays + labels + class names + a fingerprint.
 
     \b
@@ -110,7 +122,7 @@ def prepare(kind, source, name, out, params_path):
             kind, name = "npz", "cifar100"
     name = name or kind
     out = out or stages.prepared_path(name)
-    ds = data.prepare(kind, out, source=source, name=name)
+    ds = data.prepare(kind, out, source=source, name=name, overwrite=overwrite)
     click.echo(f"prepared {ds.name}: {len(ds.y_train)} train / {len(ds.y_test)} test images, "
                f"{ds.image_size}x{ds.image_size}x{ds.channels}, {ds.num_classes} classes, "
                f"fingerprint {ds.fingerprint[:12]} -> {out}")

@@ -13,6 +13,7 @@ Unknown keys are errors (with a suggestion), never silently ignored.
 import difflib
 import hashlib
 import json
+import re
 from dataclasses import asdict, dataclass, field, fields
 
 import yaml
@@ -131,6 +132,107 @@ class RunConfig:
 RUN_KEYS = tuple(f.name for f in fields(RunConfig) if f.name not in ("name", "role", "seed"))
 
 
+# The one place that checks value types: each RunConfig field's declared type (and AugmentSpec's for
+# `augment`), so a field added to the dataclass is checked without a line here.
+FIELD_TYPES = {f.name: f.type for f in fields(RunConfig)}
+FIELD_TYPES.update(teacher_checkpoint=(str, int), source=str, only=list)  # an epoch number; profile keys
+ITEM_TYPES = {"milestones": float, "checkpoints": int, "only": str,
+              "augment": {f.name: f.type for f in fields(AugmentSpec)}}
+NULLABLE = ("only", "source")  # profile keys where null means "every experiment" / "the default place"
+TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true/false",
+              list: "a list", tuple: "a list", dict: "a mapping"}
+
+
+def _show(value):
+    return json.dumps(value) if isinstance(value, (str, bool)) else repr(value)
+
+
+def _is(value, kind):
+    if isinstance(kind, tuple) and kind is not tuple:
+        return any(_is(value, k) for k in kind)
+    if kind is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind is tuple:
+        return isinstance(value, list | tuple)
+    return isinstance(value, kind)
+
+
+def _check_type(value, kind, where):
+    """Raise naming the full key path `where` unless `value` is of `kind` (items of lists / mappings too)."""
+    if value is None:
+        if where.rsplit(".", 1)[-1] in NULLABLE:
+            return
+        raise TfkdError(f"params.yaml {where}: has no value; give one or remove the key")
+    if not _is(value, kind):
+        kinds = kind if isinstance(kind, tuple) and kind is not tuple else (kind,)
+        what = " or ".join(TYPE_NAMES.get(k, k.__name__) for k in kinds)
+        raise TfkdError(f"params.yaml {where}: {_show(value)} is not {what}"
+                        + (" (write numbers without quotes)" if float in kinds or int in kinds else ""))
+    items = ITEM_TYPES.get(where.rsplit(".", 1)[-1])
+    if isinstance(items, dict) and isinstance(value, dict):
+        for key, item in value.items():
+            if key in items:  # unknown augment keys are refused with a suggestion by RunConfig.validate
+                _check_type(item, items[key], f"{where}.{key}")
+    elif items is not None and isinstance(value, dict):
+        for key, item in value.items():
+            _check_type(item, items, f"{where}.{key}")
+    elif items is not None and isinstance(value, list | tuple):
+        for i, item in enumerate(value):
+            _check_type(item, items, f"{where}[{i}]")
+
+
+def _check_types(d, where):
+    for key, value in (d or {}).items():
+        if key in FIELD_TYPES:
+            _check_type(value, FIELD_TYPES[key], f"{where}.{key}")
+
+
+class _Loader(yaml.SafeLoader):
+    """yaml.safe_load as a user means it: 1e-3 and 5e-4 are numbers (YAML 1.1 reads them as strings
+    for want of a dot), and a key given twice in one mapping is an error naming both lines."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            try:
+                first = seen.get(key)
+            except TypeError:  # an unhashable key: yaml's own error follows
+                continue
+            seen[key] = line
+            if first is not None:
+                raise TfkdError(f"{self.name}: key {key!r} is given twice in one mapping (lines {first} and "
+                                f"{line}); keep one (or rename it)")
+        return super().construct_mapping(node, deep)
+
+
+_Loader.add_implicit_resolver("tag:yaml.org,2002:float",
+                              re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+                              list("-+0123456789"))
+
+
+def read_yaml(path):
+    """The parsed file, or a one-line TfkdError with file:line for a syntax error."""
+    with open(path) as f:
+        loader = _Loader(f)
+        loader.name = str(path)
+        try:
+            return loader.get_single_data()
+        except yaml.MarkedYAMLError as e:
+            mark = e.problem_mark or e.context_mark
+            where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+            raise TfkdError(f"{where}: not valid YAML ({e.problem or e.context}); fix the syntax there") from None
+        except yaml.YAMLError as e:
+            raise TfkdError(f"{path} is not valid YAML: {str(e).splitlines()[0]}") from None
+        finally:
+            loader.dispose()
+
+
 def _unknown(key, known, where):
     close = difflib.get_close_matches(str(key), known, n=1)
     hint = f"did you mean {close[0]!r}?" if close else f"known keys: {', '.join(known)}"
@@ -153,12 +255,9 @@ class Params:
     @classmethod
     def load(cls, path="params.yaml"):
         try:
-            with open(path) as f:
-                raw = yaml.safe_load(f) or {}
+            raw = read_yaml(path) or {}
         except FileNotFoundError:
             raise TfkdError(f"{path} not found: run from the project root or pass --params PATH")
-        except yaml.YAMLError as e:
-            raise TfkdError(f"{path} is not valid YAML: {str(e).splitlines()[0]}")
         p = cls(raw, path)
         p.validate()
         return p
@@ -168,10 +267,12 @@ class Params:
         _check_keys(r, TOP_KEYS, "top level")
         for name, prof in (r.get("profiles") or {}).items():
             _check_keys(prof, PROFILE_KEYS, f"profiles.{name}")
+            _check_types(prof, f"profiles.{name}")
         if self.profile_name not in (r.get("profiles") or {}):
             raise TfkdError(f"params.yaml: profile {self.profile_name!r} is not in profiles "
                             f"({', '.join(r.get('profiles') or {}) or 'none defined'})")
         _check_keys(r.get("defaults") or {}, RUN_KEYS, "defaults")
+        _check_types(r.get("defaults"), "defaults")
         seeds = r.get("seeds", [230])
         if not (isinstance(seeds, list) and seeds and all(isinstance(s, int) for s in seeds)):
             raise TfkdError("params.yaml: seeds must be a non-empty list of integers, e.g. [230]")
@@ -181,6 +282,7 @@ class Params:
                 if name in RESERVED_NAMES or name in (distill if role == "train" else {}):
                     raise TfkdError(f"params.yaml {role}.{name}: the name is reserved or used twice")
                 _check_keys(exp or {}, RUN_KEYS, f"{role}.{name}")
+                _check_types(exp, f"{role}.{name}")
                 for seed in seeds:
                     self.run(name, seed)
         for name in self.profile.get("only") or []:

@@ -88,10 +88,33 @@ def channel_stats(x):
     return mean, std
 
 
-def prepare(kind, out_path, source=None, name=None):
-    """Build dataset `kind` (one of KNOWN) from `source`, validate it and write it to `out_path`."""
+def _is_prepared(path):
+    """Whether `path` is a dataset file this code wrote (so preparing again may replace it)."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return "fingerprint" in json.loads(str(z["meta"]))
+    except Exception:
+        return False
+
+
+def _check_out(out_path, source, overwrite):
+    """Never write over the source, nor over a file the user made, unless asked (--overwrite)."""
+    out = Path(out_path)
+    if source is not None and out.exists() and Path(source).exists() and out.resolve() == Path(source).resolve():
+        raise TfkdError(f"--out {out} is the source file itself: preparing would replace your data; "
+                        f"give another --out (default data/prepared/NAME.npz)")
+    if out.exists() and not overwrite and not _is_prepared(out):
+        raise TfkdError(f"{out} exists and is not a prepared dataset: pass --overwrite to replace it, "
+                        f"or give another --out")
+
+
+def prepare(kind, out_path, source=None, name=None, overwrite=False):
+    """Build dataset `kind` (one of KNOWN) from `source`, validate it and write it to `out_path`.
+
+    A file at `out_path` is replaced only if this code made it, or with `overwrite`; never the source."""
     if kind not in KNOWN:
         raise TfkdError(f"unknown dataset '{kind}': choose one of {', '.join(KNOWN)}")
+    _check_out(out_path, source, overwrite)
     name = name or kind
     if kind == "embedded":
         path = Path(source) if source else EMBEDDED
@@ -118,15 +141,26 @@ def build(name, arrays, classes=None, source="", where="dataset", kind=""):
     if classes is None:
         classes = list(CIFAR100_CLASSES) if name == "cifar100" and k == 100 else [f"class_{i}" for i in range(k)]
     mean, std = channel_stats(x_train)
+    _check_spread(std, x_train, where, "check the images (all blank?) and export the real uint8 pixels")
     return Dataset(name, x_train, y_train, x_test, y_test, list(classes),
                    fingerprint(x_train, y_train, x_test, y_test), mean, std, source, kind)
+
+
+def _check_spread(std, x, where, fix):
+    """Normalisation divides by each channel's std: a constant channel would make every input NaN."""
+    flat = [c for c, s in enumerate(std) if s == 0]
+    if flat:
+        value = int(x[(0,) * (x.ndim - 1) + (flat[0],)])
+        raise TfkdError(f"{where}: x_train channel {flat[0]} is constant (every pixel {value}, std 0), so "
+                        f"normalising would divide by zero; {fix}")
 
 
 def save(dataset, out_path):
     """Write `dataset` as an uncompressed .npz (fast to load); it appears under `out_path` only when complete."""
     meta = dict(name=dataset.name, fingerprint=dataset.fingerprint, mean=list(dataset.mean),
                 std=list(dataset.std), source=dataset.source, kind=dataset.kind)
-    with atomic_path(out_path) as tmp:
+    arrays = (dataset.x_train, dataset.y_train, dataset.x_test, dataset.y_test)
+    with atomic_path(out_path, need=sum(a.nbytes for a in arrays) + (1 << 20)) as tmp:
         # An open file, because np.savez appends ".npz" to a file name that lacks it.
         with open(tmp, "wb") as f:
             np.savez(f, x_train=dataset.x_train, y_train=dataset.y_train, x_test=dataset.x_test,
@@ -137,7 +171,7 @@ def save(dataset, out_path):
 def load(path):
     """Read a file written by prepare(); refuse it if its arrays no longer match the recorded fingerprint."""
     path = Path(path)
-    redo = f"run 'tfkd prepare {path.stem}' first"
+    redo = f"run {_rebuild_command(path)} first"
     if not path.is_file():
         raise TfkdError(f"prepared dataset {path} not found: {redo}")
     arrays, classes = _read_npz(path, ARRAYS + ("classes", "meta"), f"rerun 'tfkd prepare {path.stem}'",
@@ -153,7 +187,18 @@ def load(path):
     if fingerprint(ds.x_train, ds.y_train, ds.x_test, ds.y_test) != ds.fingerprint:
         raise TfkdError(f"prepared dataset {path} does not match its fingerprint (the file was modified or damaged): "
                         f"rerun {_prepare_command(ds)}")
+    _check_spread(ds.std, ds.x_train, f"prepared dataset {path}",
+                  f"prepare it again from real images ({_prepare_command(ds)})")
     return ds
+
+
+def _rebuild_command(path):
+    """The command that makes a missing prepared file `path` (data/prepared/NAME.npz by default)."""
+    out = "" if path == Path("data/prepared") / path.name else f" --out {path}"
+    if path.stem in KNOWN and path.stem != "npz":
+        return f"'tfkd prepare {path.stem}{out}'"
+    # not a built-in kind: an .npz import (`tfkd prepare` alone rebuilds the active profile's dataset)
+    return f"'tfkd prepare npz --source YOUR_FILE.npz --name {path.stem}{out}' (or 'tfkd prepare' for the profile's dataset)"
 
 
 def _prepare_command(ds):
@@ -228,11 +273,34 @@ def _validate(arrays, where, classes=None):
             raise TfkdError(f"{where}: classes lists {len(classes)} names but y_train goes up to {k - 1}; "
                             "give one name per class")
         k = len(classes)
+    present = np.unique(ys["y_train"])
+    if len(present) < k:  # K is inferred from the largest label: every class 0..K-1 needs training images
+        empty = np.setdiff1d(np.arange(k), present)
+        above = present[present > empty[0]]
+        shown = ", ".join(map(str, above[:5])) + (", ..." if len(above) > 5 else "")
+        if classes is not None and len(above) == 0:
+            raise TfkdError(f"{where}: classes lists {len(classes)} names but y_train has no image of "
+                            f"{_ranges(empty)}; labels must be 0..K-1 with one name per class that occurs")
+        raise TfkdError(f"{where}: y_train has label(s) {shown} but no image of {_ranges(empty)}; labels must "
+                        f"be class ids 0..K-1 (K = largest + 1 = {k}) with every class in y_train: fix the "
+                        f"stray labels or renumber them, e.g. np.unique(y, return_inverse=True)")
     if ys["y_test"].max() >= k:
         raise TfkdError(f"{where}: y_test contains label {ys['y_test'].max()} but there are only {k} classes "
                         f"(0..{k - 1}, from y_train{' and classes' if classes is not None else ''}); "
                         "every test class must appear in training")
     return xs["x_train"], ys["y_train"], xs["x_test"], ys["y_test"], k
+
+
+def _ranges(ids):
+    """'class 3' / 'classes 3..254' / 'classes 1, 4..6': ids compactly."""
+    parts, start = [], None
+    for i, v in enumerate(ids):
+        if start is None:
+            start = v
+        if i + 1 == len(ids) or ids[i + 1] != v + 1:
+            parts.append(f"{start}" if start == v else f"{start}..{v}")
+            start = None
+    return ("class " if len(ids) == 1 else "classes ") + ", ".join(parts[:6]) + (", ..." if len(parts) > 6 else "")
 
 
 def _read_torchvision(kind, source):

@@ -67,12 +67,22 @@ def mean_std(values):
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
 
 
-def read_run(runs_dir, name):
+def read_run(runs_dir, name, role="train"):
+    """runs/<name>.json as stages.write_summary wrote it; None if absent; one line naming it if damaged."""
     path = os.path.join(runs_dir, f"{name}.json")
     if not os.path.exists(path):
         return None
-    with open(path) as f:
-        return json.load(f)
+    try:
+        with open(path) as f:
+            run = json.load(f)
+    except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError is a ValueError
+        why = f"{e.msg} at line {e.lineno}" if isinstance(e, json.JSONDecodeError) else type(e).__name__
+        run = why
+    if not isinstance(run, dict):
+        why = run if isinstance(run, str) else f"holds a {type(run).__name__}, not a summary"
+        raise TfkdError(f"{path} is truncated or not a run summary ({why}): rerun 'tfkd {role} {name}' "
+                        f"to rewrite it, or delete it to report the experiment as not run")
+    return run
 
 
 def read_curve(runs_dir, name):
@@ -122,7 +132,7 @@ def build_report(params_path="params.yaml", runs_dir="runs"):
     rows = {}
     for name, role, entry in entries:
         model = entry.get("model")
-        run = read_run(runs_dir, name) or {}
+        run = read_run(runs_dir, name, role) or {}
         seeds = {k: v for k, v in (run.get("seeds") or {}).items() if v.get("best_top1") is not None}
         best, best_std = mean_std([v["best_top1"] for v in seeds.values()])
         final, final_std = mean_std([v["final_top1"] for v in seeds.values()])

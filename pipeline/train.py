@@ -299,9 +299,10 @@ def fit(cfg, data, run_dir, device, teacher=None, overwrite=False, log=print, st
                                                             (step.first_bad >= 0).double()])).tolist()
             if bad:
                 where = f"step {step.first_bad.item()}" if step.first_bad.item() >= 0 else "on another rank"
+                kept = (f"the last good checkpoint, {rd.file('last.pt')} (after epoch {epoch}), is kept"
+                         if epoch > 0 else "no checkpoint exists yet (no epoch finished)")
                 raise TfkdError(f"{cfg.name} s{cfg.seed}: the loss became NaN/inf in epoch {epoch + 1}, "
-                                f"{where}; the last good checkpoint is kept in {rd.path} "
-                                f"(lower lr, or check the inputs)")
+                                f"{where}; {kept} (lower lr, or check the inputs)")
             t1 = time.perf_counter()
             train_loss, train_acc = loss_sum / n, 100.0 * correct / n
             world.sync_buffers(model)  # every rank evaluates (and rank 0 saves) the same BN statistics
