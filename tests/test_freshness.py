@@ -79,3 +79,105 @@ def test_another_results_version_redoes_the_run(tiny, monkeypatch):
             f"by results version {version.RESULTS_VERSION}, this is {version.RESULTS_VERSION + 1}")
     code, out = tfkd("train", "base_resnet18", "--overwrite")
     assert code == 0 and "epoch 2/2" in out, out
+
+
+# --- caches follow their teacher: one validity check (cache.check) for make_cache and readers ---
+
+from pipeline import cache, stages  # noqa: E402
+from pipeline.config import Params  # noqa: E402
+from pipeline.errors import TfkdError  # noqa: E402
+from pipeline.models import build_model  # noqa: E402
+
+CPU = torch.device("cpu")
+TEACHER = Path("runs/base_resnet18/s230")
+
+
+def fake_teacher(params, name="base_resnet18", epochs=(1, 2), seed=0, finished=True):
+    """A teacher run's files as fit writes them (untrained weights: the checks need no training)."""
+    cfg = params.run(name, 230)
+    ds = datasets.load("data/prepared/embedded.npz")
+    torch.manual_seed(seed)
+    model = build_model(cfg.model, ds.num_classes, in_channels=ds.channels, width=cfg.width)
+    folder = Path("runs", name, "s230")
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {"model": model.state_dict(), "model_name": cfg.model, "width": cfg.width, "num_classes": ds.num_classes,
+             "in_channels": ds.channels, "dataset": ds.name, "dataset_fingerprint": ds.fingerprint,
+             "digest": cfg.digest(ds.fingerprint), "identity": cfg.run_identity(ds.fingerprint),
+             "results_version": version.RESULTS_VERSION, "test_acc": 0.0}
+    for e in epochs:
+        torch.save(dict(state, epoch=e), folder / f"epoch_{e:04d}.pt")
+    torch.save(dict(state, epoch=epochs[-1]), folder / "best.pt")
+    if finished:
+        (folder / "metrics.json").write_text(json.dumps({"config_digest": cfg.digest(ds.fingerprint)}))
+
+
+def clean_params(text=TINY_PARAMS):
+    write_params("params.yaml", text)
+    return Params.load("params.yaml")
+
+
+def test_a_retrained_teacher_makes_its_cache_refused_then_recached(tiny):
+    p = clean_params()
+    fake_teacher(p)
+    [path] = stages.make_cache(p, "kd_r18_r18_clean", [], CPU)
+    fake_teacher(p, seed=1)  # retrained: other weights, same settings
+    with pytest.raises(TfkdError) as e:
+        stages.train(p, "kd_r18_r18_clean", [], CPU)
+    assert str(e.value).startswith("cache/kd_r18_r18_clean/s230.h5 was made from another teacher checkpoint")
+    assert str(e.value).endswith("rerun tfkd cache kd_r18_r18_clean")
+    logs = []
+    stages.make_cache(p, "kd_r18_r18_clean", [], CPU, log=logs.append)
+    assert not any("up to date" in line for line in logs)
+    assert cache.read_attrs(path)["checkpoint_sha256"] == cache.sha256_file(TEACHER / "epoch_0001.pt")
+    logs.clear()
+    stages.make_cache(p, "kd_r18_r18_clean", [], CPU, log=logs.append)
+    assert any("up to date" in line for line in logs)
+
+
+def test_another_teacher_entry_makes_the_cache_refused(tiny):
+    fake_teacher(clean_params())
+    stages.make_cache(clean_params(), "kd_r18_r18_clean", [], CPU)
+    text = TINY_PARAMS.replace("  base_resnet18: {model: resnet18}\n",
+                               "  base_resnet18: {model: resnet18}\n  other_resnet18: {model: resnet18}\n")
+    p = clean_params(text.replace("kd_r18_r18_clean: {model: resnet18, teacher: base_resnet18",
+                                  "kd_r18_r18_clean: {model: resnet18, teacher: other_resnet18"))
+    fake_teacher(p, "other_resnet18", seed=2)
+    with pytest.raises(TfkdError, match="was made from another teacher checkpoint"):
+        stages.train(p, "kd_r18_r18_clean", [], CPU)
+
+
+def test_an_edited_teacher_entry_is_not_cached_until_retrained(tiny):
+    fake_teacher(clean_params())
+    p = clean_params(TINY_PARAMS.replace("{model: resnet18}", "{model: resnet18, lr: 0.05}"))
+    with pytest.raises(TfkdError) as e:
+        stages.make_cache(p, "kd_r18_r18_clean", [], CPU)
+    assert str(e.value) == ("teacher base_resnet18's run was trained with other settings (lr 0.1 → 0.05); "
+                            "retrain it: tfkd train base_resnet18 --overwrite")
+    assert not Path("cache/kd_r18_r18_clean/s230.h5").exists()
+
+
+def test_best_of_a_teacher_still_training_is_refused(tiny):
+    text = TINY_PARAMS.replace("teacher_checkpoint: one_epoch", "teacher_checkpoint: best")
+    fake_teacher(clean_params(text), finished=False)
+    with pytest.raises(TfkdError, match="base_resnet18 has not finished training.*best so far"):
+        stages.make_cache(clean_params(text), "kd_r18_r18_clean", [], CPU)
+    fake_teacher(clean_params(text), finished=True)
+    assert stages.make_cache(clean_params(text), "kd_r18_r18_clean", [], CPU)
+
+
+def test_check_names_the_first_differing_attribute(tiny, tmp_path):
+    """The review's dead end (a52b109 §3.1a): another augment is stale for make_cache and readers alike."""
+    import h5py
+    ds = datasets.load("data/prepared/embedded.npz")
+    cfg = clean_params().run("kd_r18_r18", 230)
+    want = cache.expected(ds, "replay", cfg.run_key, 2, cfg.aug_spec, {"checkpoint_sha256": "ab" * 32})
+    with h5py.File("c.h5", "w") as f:
+        f.attrs.update(want)
+    assert cache.check("c.h5", want)["run_key"] == cfg.run_key
+    other = dict(cfg.augment, rotate=0)
+    from pipeline.augment import AugmentSpec
+    stale = cache.expected(ds, "replay", cfg.run_key, 2, AugmentSpec(**other), {"checkpoint_sha256": "ab" * 32})
+    with pytest.raises(TfkdError, match=r"c.h5 was made with another augmentation .*rotate.*; rerun 'tfkd cache'"):
+        cache.check("c.h5", stale)
+    with pytest.raises(TfkdError, match="c.h5 was made for 2 epochs, the run needs 3"):
+        cache.check("c.h5", dict(want, epochs=3))
