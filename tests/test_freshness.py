@@ -181,3 +181,48 @@ def test_check_names_the_first_differing_attribute(tiny, tmp_path):
         cache.check("c.h5", stale)
     with pytest.raises(TfkdError, match="c.h5 was made for 2 epochs, the run needs 3"):
         cache.check("c.h5", dict(want, epochs=3))
+
+
+# --- the run folder: --overwrite deletes only tfkd's files; a damaged last.pt is not a fresh start ---
+
+def run_folder(tmp_path, digest="old"):
+    folder = tmp_path / "run"
+    folder.mkdir()
+    state = {"optimizer": {}, "digest": digest, "epoch": 1}
+    for name in ("epoch_0001.pt", "best.pt", "last.pt"):
+        torch.save(state, folder / name)
+    for name in ("metrics.json", "timing.json", "history.tsv", ".last.pt.x1y2.tmp", ".metrics.json.ab.tmp"):
+        (folder / name).write_text("{}")
+    (folder / "analysis.ipynb").write_text("mine")
+    (folder / "notes.pt").write_text("mine too")
+    return folder
+
+
+def test_overwrite_deletes_only_the_files_tfkd_writes(tmp_path):
+    folder = run_folder(tmp_path)
+    rd = train.RunDir(str(folder))
+    with pytest.raises(TfkdError, match="--overwrite"):
+        rd.resume_state("new", {"settings": {}, "dataset_fingerprint": "f", "results_version": 2}, overwrite=False)
+    assert rd.resume_state("new", {}, overwrite=True) == (None, None)
+    assert sorted(os.listdir(folder)) == ["analysis.ipynb", "notes.pt"]
+
+
+def test_a_damaged_last_checkpoint_resumes_from_the_newest_intact_one(tmp_path):
+    folder = run_folder(tmp_path, digest="d")
+    torch.save({"optimizer": {}, "digest": "d", "epoch": 2}, folder / "epoch_0002.pt")
+    (folder / "epoch_0003.pt").write_bytes(b"\x00cut")
+    (folder / "last.pt").write_bytes(b"\x00cut")
+    logs = []
+    state, source = train.RunDir(str(folder)).resume_state("d", {}, overwrite=False, log=logs.append)
+    assert source == "epoch_0002.pt" and state["epoch"] == 2
+    assert len(logs) == 1 and "last.pt is damaged" in logs[0] and "resuming from epoch_0002.pt" in logs[0]
+
+
+def test_a_damaged_last_checkpoint_and_nothing_intact_says_it_restarts(tmp_path):
+    folder = tmp_path / "run"
+    folder.mkdir()
+    (folder / "last.pt").write_bytes(b"\x00cut")
+    (folder / "epoch_0001.pt").write_bytes(b"\x00cut")
+    logs = []
+    assert train.RunDir(str(folder)).resume_state("d", {}, overwrite=False, log=logs.append) == (None, None)
+    assert len(logs) == 1 and "last.pt is damaged" in logs[0] and "restarts from scratch" in logs[0]
