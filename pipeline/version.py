@@ -3,6 +3,14 @@
 Bump RESULTS_VERSION whenever a change can move a number a run or a cache computes (the models,
 the losses, the augmentation, the schedule, the training step): finished runs and caches of the
 old version are then redone under `--overwrite` / `dvc repro`, or refused in one line without it.
+
+Why it must be bumped: dvc.yaml lists `pipeline` as a dependency of every train/cache/distill
+stage, so any code change reruns the stage, but tfkd itself redoes a finished run only when its
+identity changed (its settings, the dataset fingerprint or RESULTS_VERSION; a cache likewise,
+by its attributes). A change that can move numbers without a bump leaves the old results standing.
+RESULTS_FILES records the content of the code that can move numbers; tests/test_version.py fails
+when one of those files changed, so each such change is looked at: bump RESULTS_VERSION if it can
+move a number, then paste the table the failure prints.
 """
 import glob
 import os
