@@ -169,9 +169,6 @@ class RunDir:
         except (OSError, ValueError):
             return None
 
-    def finished_digest(self):
-        return (self.finished() or {}).get("config_digest")
-
     def owned(self):
         """The files tfkd writes here (and their temporaries): all --overwrite may delete."""
         try:
@@ -179,7 +176,7 @@ class RunDir:
         except OSError:
             return []
         return [n for n in names if _OWNED.fullmatch(n) or
-                (n.startswith(".") and n.endswith(".tmp") and _OWNED.match(n[1:].rsplit(".", 2)[0]))]
+                (n.startswith(".") and n.endswith(".tmp") and _OWNED.fullmatch(n[1:].rsplit(".", 2)[0]))]
 
     def _load(self, name):
         try:
