@@ -13,7 +13,7 @@ from . import cache, checkpoint, data as datasets, distributed
 from .config import identity_change
 from .errors import TfkdError
 from .files import write_text
-from .train import DeviceData, fit
+from .train import DeviceData, RunDir, fit
 
 
 def prepared_path(dataset):
@@ -164,7 +164,6 @@ def teacher_ready(cfg, ckpt_path, tcfg, data):
     """`best` is a teacher's best checkpoint only once its run has finished (with these settings)."""
     if str(cfg.teacher_checkpoint) != "best":
         return
-    from .train import RunDir
     finished = RunDir(os.path.dirname(ckpt_path)).finished()
     if not finished or finished.get("config_digest") != tcfg.digest(data.fingerprint):
         raise TfkdError(f"teacher {cfg.teacher} has not finished training with its current settings "
