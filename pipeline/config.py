@@ -94,17 +94,18 @@ class RunConfig:
         d["milestones"] = list(self.milestones)
         return d
 
-    def run_identity(self, dataset_fingerprint):
+    def run_identity(self, dataset_fingerprint, **upstream):
         """Everything the run's numbers are computed from: its settings (all but `note`), the
-        dataset's content and the results version of the code. Stored with the results
-        (metrics.json, checkpoints), so a refusal can name the part that differs."""
+        dataset's content, the results version of the code and any `upstream` inputs (a
+        student's teacher_checkpoint: the sha256 of the checkpoint its cache was made from).
+        Stored with the results (metrics.json, checkpoints), so a refusal names what differs."""
         settings = {k: v for k, v in self.to_dict().items() if k not in NOT_IN_IDENTITY}
-        return {"settings": settings, "dataset_fingerprint": dataset_fingerprint,
-                "results_version": RESULTS_VERSION}
+        return dict(upstream, settings=settings, dataset_fingerprint=dataset_fingerprint,
+                    results_version=RESULTS_VERSION)
 
-    def digest(self, dataset_fingerprint):
+    def digest(self, dataset_fingerprint, **upstream):
         """Hash of run_identity(): resume into, or skip as finished, only the same run."""
-        return identity_digest(self.run_identity(dataset_fingerprint))
+        return identity_digest(self.run_identity(dataset_fingerprint, **upstream))
 
     def validate(self):
         where = f"{self.role}.{self.name}"
@@ -163,6 +164,9 @@ def identity_change(old, new):
     if old.get("dataset_fingerprint") != new["dataset_fingerprint"]:
         return (f"from other data (fingerprint {_short(old.get('dataset_fingerprint'))} → "
                 f"{_short(new['dataset_fingerprint'])})")
+    for key in sorted((set(old) | set(new)) - {"settings", "dataset_fingerprint", "results_version"}):
+        if old.get(key) != new.get(key):
+            return (f"from another {key.replace('_', ' ')} ({_short(old.get(key))} → {_short(new.get(key))})")
     was, now = old.get("settings") or {}, new["settings"]
     changed = [k for k in sorted(set(was) | set(now)) if was.get(k) != now.get(k)]
     if changed:

@@ -63,17 +63,18 @@ def train(params, name, seeds, device, overwrite=False, log=print, sync_bn=False
         cfg = params.run(name, seed)
         if ddata is None:
             ddata = DeviceData(load_data(cfg.dataset), device)
-        teacher = None
+        teacher, upstream = None, None
         if cfg.role == "distill":
             path = cache_path(name, seed)
             cache.read_attrs(path)  # a missing cache is named as one, before its teacher
             ckpt_path, tcfg = teacher_checkpoint(params, cfg)
-            logits, _ = cache.load(path, ddata.data, cfg.cache_policy, ddata.data.num_classes, cfg.run_key,
+            logits, attrs = cache.load(path, ddata.data, cfg.cache_policy, ddata.data.num_classes, cfg.run_key,
                                    cfg.epochs, cfg.aug_spec, teacher_attrs(ckpt_path, tcfg, ddata.data),
                                    fix=f"rerun tfkd cache {name}")
             teacher = cache.CacheTeacher(logits, device)
+            upstream = {"teacher_checkpoint": attrs["checkpoint_sha256"]}  # a retrained teacher: redo
         results.append(fit(cfg, ddata, run_dir(name, seed), device, teacher, overwrite, log,
-                           sync_bn=sync_bn, graph=graph, compile=compile))
+                           sync_bn=sync_bn, graph=graph, compile=compile, upstream=upstream))
     if world.is_main:
         write_summary(params, name, [s for s in params.seeds
                                      if os.path.exists(os.path.join(run_dir(name, s), "metrics.json"))])

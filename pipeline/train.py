@@ -281,7 +281,7 @@ def _resume_point(rd, digest, identity, overwrite, log=print):
 
 
 def fit(cfg, data, run_dir, device, teacher=None, overwrite=False, log=print, stop_after=None, sync_bn=False,
-        graph=None, compile=None):
+        graph=None, compile=None, upstream=None):
     """Train one run to the end (resuming if possible); returns its metrics dict.
 
     `teacher` supplies KD targets: an object with .logits(epoch, index, x) -> [B, K] float.
@@ -289,6 +289,8 @@ def fit(cfg, data, run_dir, device, teacher=None, overwrite=False, log=print, st
     Under torchrun every rank calls this; rank 0 decides about resuming and writes every file.
     BatchNorm statistics are per rank (as in torchvision's reference) unless `sync_bn`.
     `graph` / `compile`: the fast path of capture.py (None: on for one CUDA device).
+    `upstream`: inputs beyond the settings and data that are part of the run's identity
+    (a student: {"teacher_checkpoint": sha256 of the checkpoint its cache was made from}).
     """
     world = distributed.current()
     log = world.quiet(log)
@@ -296,8 +298,9 @@ def fit(cfg, data, run_dir, device, teacher=None, overwrite=False, log=print, st
     if sync_bn and world.distributed and device.type != "cuda":
         raise TfkdError("--sync-bn needs GPUs (PyTorch's SyncBatchNorm has no CPU kernels); drop it on CPU")
     rd = RunDir(run_dir)
-    identity = cfg.run_identity(data.data.fingerprint if isinstance(data, DeviceData) else data.fingerprint)
-    digest = cfg.digest(identity["dataset_fingerprint"])
+    fingerprint = data.data.fingerprint if isinstance(data, DeviceData) else data.fingerprint
+    identity = cfg.run_identity(fingerprint, **(upstream or {}))
+    digest = cfg.digest(fingerprint, **(upstream or {}))
     kind, state = world.on_main(lambda: _resume_point(rd, digest, identity, overwrite, log))
     if kind == "done":
         log(f"[{cfg.name} s{cfg.seed}] already finished with these settings: {rd.path}")

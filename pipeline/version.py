@@ -33,7 +33,7 @@ RESULTS_FILES = {
     'pipeline/models/resnext.py': '5cac6408ac1b',
     'pipeline/models/shufflenetv2.py': '9eaac7799097',
     'pipeline/step.py': 'f5dc93c69304',
-    'pipeline/train.py': 'aba731fcecfb',
+    'pipeline/train.py': 'd8d09063dbdb',
 }
 
 

@@ -226,3 +226,20 @@ def test_a_damaged_last_checkpoint_and_nothing_intact_says_it_restarts(tmp_path)
     logs = []
     assert train.RunDir(str(folder)).resume_state("d", {}, overwrite=False, log=logs.append) == (None, None)
     assert len(logs) == 1 and "last.pt is damaged" in logs[0] and "restarts from scratch" in logs[0]
+
+
+def test_a_student_follows_its_teacher_checkpoint(tiny):
+    """Teacher retrained, cache redone: the student distilled from the old teacher is not 'finished'."""
+    p = clean_params()
+    fake_teacher(p)
+    stages.make_cache(p, "kd_r18_r18_clean", [], CPU)
+    stages.train(p, "kd_r18_r18_clean", [], CPU)
+    fake_teacher(p, seed=1)  # retrained: other weights, same settings
+    stages.make_cache(p, "kd_r18_r18_clean", [], CPU)
+    with pytest.raises(TfkdError) as e:
+        stages.train(p, "kd_r18_r18_clean", [], CPU)
+    assert str(e.value).startswith("runs/kd_r18_r18_clean/s230 was computed from another teacher checkpoint")
+    logs = []
+    [m] = stages.train(p, "kd_r18_r18_clean", [], CPU, overwrite=True, log=logs.append)
+    assert not any("already finished" in line for line in logs) and any("epoch 2/2" in line for line in logs)
+    assert m["identity"]["teacher_checkpoint"] == cache.sha256_file(TEACHER / "epoch_0001.pt")
