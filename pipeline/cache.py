@@ -21,12 +21,13 @@ from . import __version__, augment, capture, distributed
 from .errors import TfkdError
 from .files import atomic_path
 from .precision import PrecisionPolicy
+from .version import RESULTS_VERSION
 
 SCHEMA_VERSION = 2  # 2: the named-module zoo (results version 2); older caches are refused
 ATTRS = ("schema_version", "dataset", "dataset_fingerprint", "num_classes", "num_samples",
          "teacher_model", "teacher_width", "checkpoint_path", "checkpoint_sha256", "checkpoint_epoch",
          "checkpoint_choice", "teacher_test_acc", "view_policy", "aug_version", "aug_spec",
-         "run_key", "epochs", "seed", "params", "package_version")
+         "run_key", "epochs", "seed", "params", "package_version", "teacher_digest", "results_version")
 ROWS_PER_CHUNK = 1024
 
 
@@ -104,7 +105,7 @@ def write(path, model, ddata, policy, attrs, run_key=0, epochs=1, spec=None, bat
                  view_policy=policy, aug_version=augment.AUG_VERSION,
                  aug_spec=json.dumps(vars(spec) if spec else {}, sort_keys=True),
                  run_key=int(run_key), epochs=int(epochs if policy == "replay" else 0),
-                 package_version=__version__)
+                 package_version=__version__, results_version=RESULTS_VERSION)
     with atomic_path(path, need=2 * int(np.prod(shape)) + 8 * n) as tmp:  # h5py may crash on a full disk
         with h5py.File(tmp, "w") as f:
             f.create_dataset("labels", data=data.y_train.astype(np.int64), track_times=False)
@@ -134,31 +135,63 @@ def read_attrs(path):
                         f"delete it and rerun 'tfkd cache'")
 
 
-def load(path, data, policy, num_classes, run_key=None, epochs=None, spec=None):
-    """The cache's logits as a float16 array, after checking it belongs with this dataset and run."""
+def _fingerprint(value):
+    return f"{value[:4]}…" if isinstance(value, str) else f"{value}"
+
+
+# How a cache differs in one attribute (old, new), as words after "was made".
+_DIFFERS = {
+    "schema_version": lambda old, new: f"with schema version {old}, this is {new}",
+    "results_version": lambda old, new: f"by results version {old}, this is {new}",
+    "dataset_fingerprint": lambda old, new: f"from other data (fingerprint {_fingerprint(old)} → {_fingerprint(new)})",
+    "view_policy": lambda old, new: f"with view policy {old!r}, this run wants {new!r}",
+    "run_key": lambda old, new: f"for another student run (run key {old} → {new})",
+    "epochs": lambda old, new: f"for {old} epochs, the run needs {new}",
+    "aug_version": lambda old, new: f"with another augmentation (version {old} → {new})",
+    "aug_spec": lambda old, new: f"with another augmentation ({old} → {new})",
+    "checkpoint_sha256": lambda old, new: f"from another teacher checkpoint (sha256 {_fingerprint(old)} → {_fingerprint(new)})",
+    "teacher_digest": lambda old, new: f"from another teacher run (digest {old} → {new})",
+}
+
+
+def expected(data, policy, run_key=None, epochs=None, spec=None, teacher=None):
+    """The attributes a cache must have to serve a run, in the order they are checked: the format,
+    the code's results version, the data, the views (replay: the run key, its epochs and its
+    augmentation) and `teacher` (checkpoint_sha256: the teacher file's content, teacher_digest:
+    the teacher run's digest), where given."""
+    want = {"schema_version": SCHEMA_VERSION, "results_version": RESULTS_VERSION,
+            "dataset_fingerprint": data.fingerprint, "view_policy": policy}
+    if policy == "replay":
+        want.update(run_key=int(run_key), epochs=int(epochs), aug_version=augment.AUG_VERSION,
+                    aug_spec=json.dumps(vars(spec) if spec else {}, sort_keys=True))
+    want.update({k: v for k, v in (teacher or {}).items() if v is not None})
+    return want
+
+
+def check(path, want, fix="rerun 'tfkd cache'"):
+    """The cache's attrs if it has every attribute of `want` (see expected(); a replay cache may
+    cover more epochs), else TfkdError naming the first that differs, old → new, and `fix`.
+    The one validity check: make_cache's "up to date" and every reader's refusal."""
     attrs = read_attrs(path)
+    for key, new in want.items():
+        old = attrs.get(key)
+        if not (old == new or (key == "epochs" and old is not None and old >= new)):
+            raise TfkdError(f"{path} was made {_DIFFERS[key](old, new)}; {fix}")
+    return attrs
+
+
+def load(path, data, policy, num_classes, run_key=None, epochs=None, spec=None, teacher=None,
+         fix="rerun 'tfkd cache'"):
+    """The cache's logits as a float16 array, after checking it belongs with this dataset and run
+    (check(); `teacher` as in expected())."""
+    attrs = check(path, expected(data, policy, run_key, epochs, spec, teacher), fix)
     name = os.path.basename(path)
 
     def refuse(what, fix):
         raise TfkdError(f"cache {path}: {what}; {fix}")
 
-    if attrs.get("schema_version") != SCHEMA_VERSION:
-        refuse(f"schema version {attrs.get('schema_version')} is not {SCHEMA_VERSION}", "rerun 'tfkd cache'")
-    if attrs.get("dataset_fingerprint") != data.fingerprint:
-        refuse(f"made from dataset {attrs.get('dataset')!r} (fingerprint {str(attrs.get('dataset_fingerprint'))[:12]}), "
-               f"not {data.name!r} ({data.fingerprint[:12]})", "rerun 'tfkd cache' on this dataset")
     if attrs.get("num_classes") != num_classes:
         refuse(f"has {attrs.get('num_classes')} classes, the student {num_classes}", "use a matching cache")
-    if attrs.get("view_policy") != policy:
-        refuse(f"view policy is {attrs.get('view_policy')!r}, this run wants {policy!r}",
-               "rerun 'tfkd cache' with the run's cache_policy")
-    if policy == "replay":
-        if attrs.get("run_key") != run_key:
-            refuse("was made for another student run (run key differs)", "rerun 'tfkd cache' for this experiment")
-        if attrs.get("aug_version") != augment.AUG_VERSION or attrs.get("aug_spec") != json.dumps(vars(spec), sort_keys=True):
-            refuse("was made with another augmentation", "rerun 'tfkd cache'")
-        if attrs.get("epochs", 0) < epochs:
-            refuse(f"covers {attrs.get('epochs')} epochs, the run needs {epochs}", "rerun 'tfkd cache'")
     try:
         with h5py.File(path, "r") as f:
             labels, logits = f["labels"][...], f["logits"][...]

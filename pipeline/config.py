@@ -18,13 +18,15 @@ from dataclasses import asdict, dataclass, field, fields
 
 import yaml
 
-from .augment import AugmentSpec
+from .augment import AugmentSpec, run_key as _run_key
 from .errors import TfkdError
 from .losses import FORMS
+from .version import RESULTS_VERSION
 
 TOP_KEYS = ("profile", "profiles", "seeds", "defaults", "train", "distill")
 PROFILE_KEYS = ("dataset", "source", "epochs", "width", "checkpoints", "only", "note")
 RESERVED_NAMES = ("results",)
+NOT_IN_IDENTITY = ("note",)      # documentation only: editing it leaves a finished run finished
 POLICIES = ("clean", "replay")
 
 
@@ -82,14 +84,29 @@ class RunConfig:
         """Seeds the run key: a student never replays its teacher's own training views."""
         return f"{self.role}/{self.name}"
 
+    @property
+    def run_key(self):
+        """The key of this run's augmentation and sample order (and of its replay cache): the one
+        place it is derived. Seeded by `identity`: a student never replays its teacher's views."""
+        return _run_key(self.seed, self.identity)
+
     def to_dict(self):
         d = asdict(self)
         d["milestones"] = list(self.milestones)
         return d
 
-    def digest(self):
-        """Hash of everything that decides the run's numbers: resume only into the same run."""
-        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+    def run_identity(self, dataset_fingerprint, **upstream):
+        """Everything the run's numbers are computed from: its settings (all but `note`), the
+        dataset's content, the results version of the code and any `upstream` inputs (a
+        student's teacher_checkpoint: the sha256 of the checkpoint its cache was made from).
+        Stored with the results (metrics.json, checkpoints), so a refusal names what differs."""
+        settings = {k: v for k, v in self.to_dict().items() if k not in NOT_IN_IDENTITY}
+        return dict(upstream, settings=settings, dataset_fingerprint=dataset_fingerprint,
+                    results_version=RESULTS_VERSION)
+
+    def digest(self, dataset_fingerprint, **upstream):
+        """Hash of run_identity(): resume into, or skip as finished, only the same run."""
+        return identity_digest(self.run_identity(dataset_fingerprint, **upstream))
 
     def validate(self):
         where = f"{self.role}.{self.name}"
@@ -127,6 +144,37 @@ class RunConfig:
                 raise TfkdError(f"params.yaml {where}: teacher_checkpoint {tc!r} is unknown; use final, "
                                 f"best, an epoch number or one of: {', '.join(self.checkpoints)}")
         return self
+
+
+def identity_digest(identity):
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _short(fingerprint):
+    return f"{fingerprint[:4]}…" if isinstance(fingerprint, str) else f"{fingerprint}"
+
+
+def identity_change(old, new):
+    """How run identity `old` differs from `new`, as words that follow "was computed ...":
+    "from other data (fingerprint ab12… → cd34…)", "by results version 1, this is 2",
+    "with other settings (lr 0.1 → 0.05)". None when nothing differs."""
+    if not isinstance(old, dict):
+        return "by an older tfkd that recorded no identity"
+    if old.get("results_version") != new["results_version"]:
+        return f"by results version {old.get('results_version')}, this is {new['results_version']}"
+    if old.get("dataset_fingerprint") != new["dataset_fingerprint"]:
+        return (f"from other data (fingerprint {_short(old.get('dataset_fingerprint'))} → "
+                f"{_short(new['dataset_fingerprint'])})")
+    for key in sorted((set(old) | set(new)) - {"settings", "dataset_fingerprint", "results_version"}):
+        if old.get(key) != new.get(key):
+            return (f"from another {key.replace('_', ' ')} ({_short(old.get(key))} → {_short(new.get(key))})")
+    was, now = old.get("settings") or {}, new["settings"]
+    changed = [k for k in sorted(set(was) | set(now)) if was.get(k) != now.get(k)]
+    if changed:
+        parts = [f"{k} {was.get(k, '(unset)')} → {now.get(k, '(unset)')}" for k in changed[:3]]
+        more = f", +{len(changed) - 3} more" if len(changed) > 3 else ""
+        return f"with other settings ({', '.join(parts)}{more})"
+    return None
 
 
 RUN_KEYS = tuple(f.name for f in fields(RunConfig) if f.name not in ("name", "role", "seed"))

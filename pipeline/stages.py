@@ -9,10 +9,11 @@ import json
 import os
 import statistics
 
-from . import augment, cache, checkpoint, data as datasets, distributed
+from . import cache, checkpoint, data as datasets, distributed
+from .config import identity_change
 from .errors import TfkdError
 from .files import write_text
-from .train import DeviceData, fit
+from .train import DeviceData, RunDir, fit
 
 
 def prepared_path(dataset):
@@ -62,14 +63,18 @@ def train(params, name, seeds, device, overwrite=False, log=print, sync_bn=False
         cfg = params.run(name, seed)
         if ddata is None:
             ddata = DeviceData(load_data(cfg.dataset), device)
-        teacher = None
+        teacher, upstream = None, None
         if cfg.role == "distill":
-            key = augment.run_key(seed, cfg.identity)
-            logits, _ = cache.load(cache_path(name, seed), ddata.data, cfg.cache_policy,
-                                   ddata.data.num_classes, key, cfg.epochs, cfg.aug_spec)
+            path = cache_path(name, seed)
+            cache.read_attrs(path)  # a missing cache is named as one, before its teacher
+            ckpt_path, tcfg = teacher_checkpoint(params, cfg)
+            logits, attrs = cache.load(path, ddata.data, cfg.cache_policy, ddata.data.num_classes, cfg.run_key,
+                                   cfg.epochs, cfg.aug_spec, teacher_attrs(ckpt_path, tcfg, ddata.data),
+                                   fix=f"rerun tfkd cache {name}")
             teacher = cache.CacheTeacher(logits, device)
+            upstream = {"teacher_checkpoint": attrs["checkpoint_sha256"]}  # a retrained teacher: redo
         results.append(fit(cfg, ddata, run_dir(name, seed), device, teacher, overwrite, log,
-                           sync_bn=sync_bn, graph=graph, compile=compile))
+                           sync_bn=sync_bn, graph=graph, compile=compile, upstream=upstream))
     if world.is_main:
         write_summary(params, name, [s for s in params.seeds
                                      if os.path.exists(os.path.join(run_dir(name, s), "metrics.json"))])
@@ -105,20 +110,33 @@ def make_cache(params, name, seeds, device, log=print, graph=None, compile=None)
         if ddata is None:
             ddata = DeviceData(load_data(cfg.dataset), device)
         data = ddata.data
+        teacher_ready(cfg, ckpt_path, tcfg, data)
         model, ckpt = checkpoint.load_model(ckpt_path, tcfg.model, tcfg.width, data.num_classes, data.channels)
         if ckpt.get("dataset_fingerprint", data.fingerprint) != data.fingerprint:
             raise TfkdError(f"teacher checkpoint {ckpt_path} was trained on other data "
                             f"({ckpt.get('dataset')}); retrain the teacher on {data.name}")
-        key = augment.run_key(seed, cfg.identity)
-        attrs = describe_teacher(model.to(device), ddata, ckpt_path, ckpt, tcfg.model, tcfg.width,
-                                 str(cfg.teacher_checkpoint), seed, cfg.to_dict())
+        if "model_name" in ckpt and ckpt.get("digest") != tcfg.digest(data.fingerprint):
+            why = identity_change(ckpt.get("identity"), tcfg.run_identity(data.fingerprint)) or "with other settings"
+            raise TfkdError(f"teacher {cfg.teacher}'s run was trained {why}; retrain it: "
+                            f"tfkd train {cfg.teacher} --overwrite")
         out = cache_path(name, seed)
-        if world.on_main(lambda: os.path.exists(out) and _same_cache(out, attrs, cfg, key, data.fingerprint)):
+        want = cache.expected(data, cfg.cache_policy, cfg.run_key, cfg.epochs, cfg.aug_spec,
+                              teacher_attrs(ckpt_path, tcfg, data))
+
+        def fresh():
+            try:
+                cache.check(out, want)
+                return True
+            except TfkdError:
+                return False
+        if world.on_main(fresh):
             log(f"[{name} s{seed}] cache up to date: {out}")
         else:
+            attrs = describe_teacher(model.to(device), ddata, ckpt_path, ckpt, tcfg.model, tcfg.width,
+                                     str(cfg.teacher_checkpoint), seed, cfg.to_dict())
             log(f"[{name} s{seed}] caching {tcfg.model} ({ckpt_path}, test {attrs['teacher_test_acc']:.2f}%) "
                 f"-> {out} [{cfg.cache_policy}]")
-            cache.write(out, model, ddata, cfg.cache_policy, attrs, key, cfg.epochs, cfg.aug_spec, log=log,
+            cache.write(out, model, ddata, cfg.cache_policy, attrs, cfg.run_key, cfg.epochs, cfg.aug_spec, log=log,
                         graph=graph, compile=compile)
         paths.append(out)
     return paths
@@ -130,18 +148,28 @@ def describe_teacher(model, ddata, ckpt_path, ckpt, model_name, width, choice, s
     return {"teacher_model": model_name, "teacher_width": float(width), "checkpoint_path": ckpt_path,
             "checkpoint_sha256": cache.sha256_file(ckpt_path), "checkpoint_epoch": int(ckpt.get("epoch", -1)),
             "checkpoint_choice": choice, "teacher_test_acc": float(acc), "seed": int(seed),
-            "params": json.dumps(params_dict, sort_keys=True)}
+            "params": json.dumps(params_dict, sort_keys=True),
+            **({"teacher_digest": ckpt["digest"]} if ckpt.get("digest") else {})}
 
 
-def _same_cache(path, attrs, cfg, key, fingerprint):
-    try:
-        old = cache.read_attrs(path)
-    except TfkdError:
-        return False
-    return (old.get("checkpoint_sha256") == attrs["checkpoint_sha256"] and old.get("view_policy") == cfg.cache_policy
-            and old.get("dataset_fingerprint") == fingerprint
-            and (cfg.cache_policy == "clean" or (old.get("run_key") == key and old.get("epochs") == cfg.epochs
-                                                 and old.get("aug_version") == augment.AUG_VERSION)))
+def teacher_attrs(ckpt_path, tcfg, data):
+    """What a cache records of its teacher, for cache.expected: the checkpoint file's content and
+    the digest of the teacher entry's run as params.yaml has it now."""
+    if not os.path.exists(ckpt_path):
+        raise TfkdError(f"teacher checkpoint {ckpt_path} not found: train the teacher first "
+                        f"(tfkd train {tcfg.name})")
+    return {"checkpoint_sha256": cache.sha256_file(ckpt_path), "teacher_digest": tcfg.digest(data.fingerprint)}
+
+
+def teacher_ready(cfg, ckpt_path, tcfg, data):
+    """`best` is a teacher's best checkpoint only once its run has finished (with these settings)."""
+    if str(cfg.teacher_checkpoint) != "best":
+        return
+    finished = RunDir(os.path.dirname(ckpt_path)).finished()
+    if not finished or finished.get("config_digest") != tcfg.digest(data.fingerprint):
+        raise TfkdError(f"teacher {cfg.teacher} has not finished training with its current settings "
+                        f"({os.path.dirname(ckpt_path)}/metrics.json), so {ckpt_path} is only its best so far; "
+                        f"finish it first: tfkd train {cfg.teacher}")
 
 
 def write_summary(params, name, seeds):

@@ -8,7 +8,7 @@ itself is step.py; on one GPU it and each evaluation pass run as CUDA graphs (ca
 import json
 import math
 import os
-import shutil
+import re
 import threading
 import time
 
@@ -16,6 +16,7 @@ import torch
 
 from . import __version__, augment, capture, distributed
 from .version import RESULTS_VERSION
+from .config import identity_change
 from .errors import TfkdError
 from .files import atomic_path, write_text
 from .device import device_name
@@ -25,6 +26,7 @@ from .precision import PrecisionPolicy
 from .step import TrainStep, optimizer_state
 
 HISTORY_COLUMNS = ("epoch", "lr", "train_loss", "train_acc", "test_loss", "test_acc")
+_OWNED = re.compile(r"epoch_\d+\.pt|best\.pt|last\.pt|metrics\.json|timing\.json|history\.tsv")  # RunDir's files
 
 
 class DeviceData:
@@ -131,31 +133,59 @@ class RunDir:
     def checkpoint(self, epoch):
         return self.file(f"epoch_{int(epoch):04d}.pt")
 
-    def finished_digest(self):
+    def finished(self):
+        """The metrics.json of a finished run here, or None."""
         try:
             with open(self.file("metrics.json")) as f:
-                return json.load(f).get("config_digest")
+                return json.load(f)
         except (OSError, ValueError):
             return None
 
-    def resume_state(self, digest, overwrite):
-        """The state to resume from (None: start fresh). Refuses to clobber another run's results."""
-        last = self.file("last.pt")
-        old = None
-        if os.path.exists(last):
-            try:
-                old = torch.load(last, map_location="cpu", weights_only=True)
-            except Exception:
-                old = None  # a damaged resume file: start again rather than guess
-        old_digest = old.get("digest") if old else self.finished_digest()
+    def owned(self):
+        """The files tfkd writes here (and their temporaries): all --overwrite may delete."""
+        try:
+            names = os.listdir(self.path)
+        except OSError:
+            return []
+        return [n for n in names if _OWNED.fullmatch(n) or
+                (n.startswith(".") and n.endswith(".tmp") and _OWNED.fullmatch(n[1:].rsplit(".", 2)[0]))]
+
+    def _load(self, name):
+        try:
+            return torch.load(self.file(name), map_location="cpu", weights_only=True)
+        except Exception:
+            return None
+
+    def _newest_epoch_state(self):
+        """(name, state) of the newest readable epoch_*.pt, or (None, None)."""
+        epochs = sorted((n for n in os.listdir(self.path) if re.fullmatch(r"epoch_\d+\.pt", n)), reverse=True)
+        for name in epochs:
+            state = self._load(name)
+            if isinstance(state, dict) and "optimizer" in state:
+                return name, state
+        return None, None
+
+    def resume_state(self, digest, identity, overwrite, log=print):
+        """(state, file) to resume from ((None, None): start fresh). Refuses to clobber another
+        run's results: without `overwrite` it names what differs; with it, deletes tfkd's own files."""
+        old, source = None, None
+        if os.path.exists(self.file("last.pt")):
+            old, source = self._load("last.pt"), "last.pt"
+            if not isinstance(old, dict):
+                source, old = self._newest_epoch_state()
+                log(f"{self.file('last.pt')} is damaged; " + (f"resuming from {source}, the newest intact "
+                    f"checkpoint" if old else "no intact checkpoint is left, so the run restarts from scratch"))
+        previous = old if old is not None else self.finished()
+        old_digest = previous.get("digest", previous.get("config_digest")) if previous else None
         if old_digest is not None and old_digest != digest:
             if not overwrite:
-                raise TfkdError(f"{self.path} holds a run with other settings; pass --overwrite to "
-                                f"replace it, or change the experiment name")
-            shutil.rmtree(self.path)
-            return None
-        return old
-
+                why = identity_change(previous.get("identity"), identity) or "with other settings"
+                raise TfkdError(f"{self.path} was computed {why}; pass --overwrite to redo it, "
+                                f"or change the experiment name")
+            for name in self.owned():
+                os.remove(self.file(name))
+            return None, None
+        return old, source
     def save_checkpoints(self, names, state):
         """Write `state` to each file of `names` in order, each atomically, in a background thread:
         the device goes on training meanwhile. `state` is first copied to host memory."""
@@ -213,18 +243,17 @@ def _set_rng_state(state):
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _resume_point(rd, digest, overwrite):
-    """('done', metrics) for a run finished with these settings, else ('resume', state or None)."""
-    if rd.finished_digest() == digest:
-        with open(rd.file("metrics.json")) as f:
-            return "done", json.load(f)
-    state = rd.resume_state(digest, overwrite)
+def _resume_point(rd, digest, identity, overwrite, log=print):
+    """('done', metrics) for a run finished with this identity, else ('resume', (state, file))."""
+    finished = rd.finished()
+    if finished is not None and finished.get("config_digest") == digest:
+        return "done", finished
     os.makedirs(rd.path, exist_ok=True)
-    return "resume", state
+    return "resume", rd.resume_state(digest, identity, overwrite, log)
 
 
 def fit(cfg, data, run_dir, device, teacher=None, overwrite=False, log=print, stop_after=None, sync_bn=False,
-        graph=None, compile=None, time_cap=None):
+        graph=None, compile=None, time_cap=None, upstream=None):
     """Train one run to the end (resuming if possible); returns its metrics dict.
 
     `teacher` supplies KD targets: an object with .logits(epoch, index, x) -> [B, K] float.
@@ -234,6 +263,8 @@ def fit(cfg, data, run_dir, device, teacher=None, overwrite=False, log=print, st
     Under torchrun every rank calls this; rank 0 decides about resuming and writes every file.
     BatchNorm statistics are per rank (as in torchvision's reference) unless `sync_bn`.
     `graph` / `compile`: the fast path of capture.py (None: on for one CUDA device).
+    `upstream`: inputs beyond the settings and data that are part of the run's identity
+    (a student: {"teacher_checkpoint": sha256 of the checkpoint its cache was made from}).
     """
     world = distributed.current()
     log = world.quiet(log)
@@ -241,11 +272,14 @@ def fit(cfg, data, run_dir, device, teacher=None, overwrite=False, log=print, st
     if sync_bn and world.distributed and device.type != "cuda":
         raise TfkdError("--sync-bn needs GPUs (PyTorch's SyncBatchNorm has no CPU kernels); drop it on CPU")
     rd = RunDir(run_dir)
-    digest = cfg.digest()
-    kind, state = world.on_main(lambda: _resume_point(rd, digest, overwrite))
+    fingerprint = data.data.fingerprint if isinstance(data, DeviceData) else data.fingerprint
+    identity = cfg.run_identity(fingerprint, **(upstream or {}))
+    digest = cfg.digest(fingerprint, **(upstream or {}))
+    kind, state = world.on_main(lambda: _resume_point(rd, digest, identity, overwrite, log))
     if kind == "done":
         log(f"[{cfg.name} s{cfg.seed}] already finished with these settings: {rd.path}")
         return state
+    state, source = state if state is not None else (None, None)
 
     ddata = DeviceData(data, device) if not isinstance(data, DeviceData) else data
     data = ddata.data
@@ -257,7 +291,7 @@ def fit(cfg, data, run_dir, device, teacher=None, overwrite=False, log=print, st
                           cfg.label_smoothing, cfg.correct_prob, cfg.loss_form).to(device)
     if objective.needs_teacher and teacher is None:
         raise TfkdError(f"{cfg.name}: method {cfg.method!r} needs a teacher (a cache or a model)")
-    key = augment.run_key(cfg.seed, cfg.identity)
+    key = cfg.run_key
     n, bs = len(data.y_train), cfg.batch_size
     steps = math.ceil(n / bs)  # the last partial batch is kept, as in the reference
     if world.size > min(bs, n % bs or bs):
@@ -270,7 +304,7 @@ def fit(cfg, data, run_dir, device, teacher=None, overwrite=False, log=print, st
         start, best, history, timing = state["epoch"], tuple(state["best"]), state["history"], state["timing"]
         phases = state.get("phases", [])
         _set_rng_state(state["rng"])
-        log(f"[{cfg.name} s{cfg.seed}] resuming after epoch {start} from {rd.file('last.pt')}")
+        log(f"[{cfg.name} s{cfg.seed}] resuming after epoch {start} from {rd.file(source)}")
     net = world.wrap(PrecisionPolicy(model), device)
     # Under torchrun every step must go through the DDP wrapper (it all-reduces the gradients), so
     # only a single process gets a second, unwrapped (maybe compiled) module for its full batches.
@@ -279,7 +313,7 @@ def fit(cfg, data, run_dir, device, teacher=None, overwrite=False, log=print, st
     evaluator = Evaluator(model, ddata, cfg.eval_batch_size, graph)
     meta = {"model_name": cfg.model, "width": cfg.width, "num_classes": data.num_classes,
             "in_channels": data.channels, "dataset": data.name, "dataset_fingerprint": data.fingerprint,
-            "config": cfg.to_dict(), "digest": digest, "package_version": __version__,
+            "config": cfg.to_dict(), "digest": digest, "identity": identity, "package_version": __version__,
             "results_version": RESULTS_VERSION}
 
     started = time.perf_counter()
@@ -345,7 +379,8 @@ def fit(cfg, data, run_dir, device, teacher=None, overwrite=False, log=print, st
                "teacher": cfg.teacher or None, "dataset": data.name, "num_classes": data.num_classes,
                "epochs": cfg.epochs, "best_top1": best[0], "best_epoch": best[1],
                "final_top1": history[-1][5], "final_test_loss": history[-1][4],
-               "config_digest": digest, "package_version": __version__, "params": cfg.to_dict()}
+               "config_digest": digest, "identity": identity, "package_version": __version__,
+               "params": cfg.to_dict()}
     if world.is_main:
         write_text(rd.file("metrics.json"), json.dumps(metrics, indent=2) + "\n")
         write_text(rd.file("timing.json"), json.dumps(

@@ -22,6 +22,8 @@ def sh(*cmd, cwd, **env_vars):
 
 def test_dvc_repro_runs_teachers_caches_students_and_reruns_only_what_changed(tmp_path):
     shutil.copy(ROOT / "dvc.yaml", tmp_path)
+    shutil.copy(ROOT / ".dvcignore", tmp_path)
+    shutil.copytree(ROOT / "pipeline", tmp_path / "pipeline", ignore=shutil.ignore_patterns("__pycache__"))  # a dep
     shutil.copytree(ROOT / "data" / "embedded", tmp_path / "data" / "embedded")
     (tmp_path / "params.yaml").write_text(TINY_PARAMS.replace("dataset: embedded", "dataset: embedded, source: data/embedded/cifar100-subset.npz"))
     sh("git", "init", "-q", cwd=tmp_path)

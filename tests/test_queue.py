@@ -43,6 +43,8 @@ def test_dvc_queue_runs_two_experiments_in_parallel(tmp_path, monkeypatch):
     # one torch thread per job: two 2-thread jobs on 2 cores ran ~10x slower per epoch than one job alone
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     shutil.copy(ROOT / "dvc.yaml", tmp_path)
+    shutil.copy(ROOT / ".dvcignore", tmp_path)
+    shutil.copytree(ROOT / "pipeline", tmp_path / "pipeline", ignore=shutil.ignore_patterns("__pycache__"))  # a dep
     shutil.copy(ROOT / ".gitignore", tmp_path)  # decides what an experiment commit keeps (see below)
     shutil.copytree(ROOT / "data" / "embedded", tmp_path / "data" / "embedded")
     params = TINY_PARAMS.replace("dataset: embedded", "dataset: embedded, source: data/embedded/cifar100-subset.npz")
