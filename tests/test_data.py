@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import synthetic, write_npz
 from pipeline import data
 from pipeline.errors import TfkdError
 
@@ -17,18 +18,6 @@ def embedded(tmp_path_factory):
     return data.prepare("embedded", out), out
 
 
-def write_npz(path, **arrays):
-    with open(path, "wb") as f:
-        np.savez(f, **arrays)
-    return path
-
-
-def synthetic(n_train=12, n_test=6, k=3, shape=(8, 8, 3), seed=0):
-    rng = np.random.default_rng(seed)
-    return dict(x_train=rng.integers(0, 256, (n_train, *shape), dtype=np.uint8),
-                y_train=np.arange(n_train) % k,
-                x_test=rng.integers(0, 256, (n_test, *shape), dtype=np.uint8),
-                y_test=np.arange(n_test) % k)
 
 
 def assert_error(call, *fragments):

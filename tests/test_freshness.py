@@ -3,35 +3,15 @@ import json
 import os
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
 
-from conftest import TINY_PARAMS, write_params
+from conftest import TINY_PARAMS, one_line_error, tfkd, write_params
 from pipeline import data as datasets, train, version
-from pipeline.cli import main
 
 RUN = Path("runs/base_resnet18/s230")
 
 
-def tfkd(*args):
-    result = CliRunner().invoke(main, list(args))
-    return result.exit_code, result.output
-
-
-def refused(code, out, *needles):
-    assert code == 2, out
-    lines = [line for line in out.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("tfkd: error: "), out
-    for needle in needles:
-        assert needle in lines[0], lines[0]
-
-
-@pytest.fixture
-def tiny(project):
-    write_params("params.yaml", TINY_PARAMS)
-    return project
 
 
 def reprepare_other_data():
@@ -59,14 +39,14 @@ def test_other_settings_are_refused_naming_the_setting(tiny):
     assert "note" not in metrics["identity"]["settings"]
     assert torch.load(RUN / "last.pt", weights_only=True)["identity"] == metrics["identity"]
     Path("params.yaml").write_text(TINY_PARAMS.replace("{model: resnet18}", "{model: resnet18, lr: 0.05}"))
-    refused(*tfkd("train", "base_resnet18"), "runs/base_resnet18/s230 was computed with other settings (lr 0.1 → 0.05)",
+    one_line_error(*tfkd("train", "base_resnet18"), "runs/base_resnet18/s230 was computed with other settings (lr 0.1 → 0.05)",
             "--overwrite")
 
 
 def test_other_data_redoes_the_run_under_overwrite_and_is_refused_without(tiny):
     assert tfkd("train", "base_resnet18")[0] == 0
     old, new = reprepare_other_data()
-    refused(*tfkd("train", "base_resnet18"), f"was computed from other data (fingerprint {old[:4]}… → {new[:4]}…)")
+    one_line_error(*tfkd("train", "base_resnet18"), f"was computed from other data (fingerprint {old[:4]}… → {new[:4]}…)")
     code, out = tfkd("train", "base_resnet18", "--overwrite")
     assert code == 0 and "already finished" not in out and "epoch 2/2" in out, out
     assert json.loads((RUN / "metrics.json").read_text())["identity"]["dataset_fingerprint"] == new
@@ -75,7 +55,7 @@ def test_other_data_redoes_the_run_under_overwrite_and_is_refused_without(tiny):
 def test_another_results_version_redoes_the_run(tiny, monkeypatch):
     assert tfkd("train", "base_resnet18")[0] == 0
     monkeypatch.setattr("pipeline.config.RESULTS_VERSION", version.RESULTS_VERSION + 1)
-    refused(*tfkd("train", "base_resnet18"),
+    one_line_error(*tfkd("train", "base_resnet18"),
             f"by results version {version.RESULTS_VERSION}, this is {version.RESULTS_VERSION + 1}")
     code, out = tfkd("train", "base_resnet18", "--overwrite")
     assert code == 0 and "epoch 2/2" in out, out
@@ -134,7 +114,7 @@ def test_a_retrained_teacher_makes_its_cache_refused_then_recached(tiny):
     assert any("up to date" in line for line in logs)
 
 
-def test_another_teacher_entry_makes_the_cache_refused(tiny):
+def test_another_teacher_entry_makes_the_cache_one_line_error(tiny):
     fake_teacher(clean_params())
     stages.make_cache(clean_params(), "kd_r18_r18_clean", [], CPU)
     text = TINY_PARAMS.replace("  base_resnet18: {model: resnet18}\n",
@@ -156,7 +136,7 @@ def test_an_edited_teacher_entry_is_not_cached_until_retrained(tiny):
     assert not Path("cache/kd_r18_r18_clean/s230.h5").exists()
 
 
-def test_best_of_a_teacher_still_training_is_refused(tiny):
+def test_best_of_a_teacher_still_training_is_one_line_error(tiny):
     text = TINY_PARAMS.replace("teacher_checkpoint: one_epoch", "teacher_checkpoint: best")
     fake_teacher(clean_params(text), finished=False)
     with pytest.raises(TfkdError, match="base_resnet18 has not finished training.*best so far"):

@@ -1,35 +1,17 @@
 """Inputs a user gets wrong (issue 16): each is refused in one line naming the culprit and the fix,
 before anything is written, and no user file is ever replaced without being asked."""
 import errno
-import json
 import os
 from collections import namedtuple
 from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
-from conftest import TINY_PARAMS, write_params
+from conftest import TINY_PARAMS, one_line_error, synthetic, tfkd, write_npz, write_params
 from pipeline import data, files
-from pipeline.cli import main
 from pipeline.config import Params
 from pipeline.errors import TfkdError
-
-
-def tfkd(*args):
-    result = CliRunner().invoke(main, list(args))
-    return result.exit_code, result.output
-
-
-def one_line_error(code, out, *needles):
-    assert code == 2, out
-    lines = [line for line in out.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("tfkd: error: "), out
-    assert "Traceback" not in out
-    for needle in needles:
-        assert needle in lines[0], lines[0]
-    return lines[0]
 
 
 def assert_error(call, *needles):
@@ -40,20 +22,6 @@ def assert_error(call, *needles):
     for needle in needles:
         assert str(needle) in msg, (needle, msg)
     return msg
-
-
-def write_npz(path, **arrays):
-    with open(path, "wb") as f:
-        np.savez(f, **arrays)
-    return path
-
-
-def synthetic(n_train=12, n_test=6, k=3, shape=(8, 8, 3), seed=0):
-    rng = np.random.default_rng(seed)
-    return dict(x_train=rng.integers(0, 256, (n_train, *shape), dtype=np.uint8),
-                y_train=np.arange(n_train) % k,
-                x_test=rng.integers(0, 256, (n_test, *shape), dtype=np.uint8),
-                y_test=np.arange(n_test) % k)
 
 
 # --- labels ---------------------------------------------------------------------------------------------

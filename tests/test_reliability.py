@@ -9,30 +9,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from click.testing import CliRunner
 
-from conftest import ROOT, TINY_PARAMS, write_params
-from pipeline.cli import main
+from conftest import ROOT, TINY_PARAMS, one_line_error, tfkd
 
 
-def tfkd(*args):
-    result = CliRunner().invoke(main, list(args))
-    return result.exit_code, result.output  # stdout and stderr together
-
-
-def one_line_error(code, out, *needles):
-    assert code == 2, out
-    lines = [line for line in out.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("tfkd: error: "), out
-    assert "Traceback" not in out
-    for needle in needles:
-        assert needle in lines[0], lines[0]
-
-
-@pytest.fixture
-def tiny(project):
-    write_params("params.yaml", TINY_PARAMS)
-    return project
 
 
 @pytest.mark.parametrize("edit, needles", [
