@@ -12,10 +12,9 @@ pixels are never interpolated (as with PIL's nearest rotation).
 
 Bump AUG_VERSION whenever any output changes; tests pin golden vectors of each version.
 """
-import hashlib
-from dataclasses import dataclass
-
 import torch
+
+from .config import AugmentSpec, _run_key as run_key  # noqa: F401 (the settings live in config.py)
 
 AUG_VERSION = 1
 
@@ -23,19 +22,6 @@ AUG_VERSION = 1
 ORDER, CROP_Y, CROP_X, FLIP, ANGLE = range(5)
 STREAMS = 5
 _MASK = 0xFFFFFFFF
-
-
-@dataclass(frozen=True)
-class AugmentSpec:
-    pad: int = 4          # random crop with this much zero padding (0 = no crop)
-    flip: bool = True     # random horizontal flip
-    rotate: float = 15.0  # random rotation in [-rotate, +rotate] degrees (0 = none)
-
-
-def run_key(seed, identity):
-    """A 32-bit key from the seed and the run's identity (experiment name and role)."""
-    digest = hashlib.sha256(f"{int(seed)}/{identity}".encode()).digest()
-    return int.from_bytes(digest[:4], "little")
 
 
 def _mix(x):

@@ -5,7 +5,7 @@ import traceback
 
 import click
 
-from . import __version__
+from . import __version__, layout
 from .errors import TfkdError
 
 PARAMS = click.option("--params", "params_path", default="params.yaml", show_default=True,
@@ -32,14 +32,13 @@ class Group(click.Group):
     """Turns TfkdError into one line on stderr and exit status 2 (tracebacks only with --debug)."""
 
     def invoke(self, ctx):
-        from . import distributed
         try:
             return super().invoke(ctx)
         except TfkdError as e:
             if ctx.obj and ctx.obj.get("debug"):
                 traceback.print_exc()
-            world = distributed.current()
-            click.echo(f"tfkd: error: {f'rank {world.rank}: ' if world.distributed else ''}{e}", err=True)
+            rank = os.environ.get("RANK") if "WORLD_SIZE" in os.environ and os.environ["WORLD_SIZE"] != "1" else None
+            click.echo(f"tfkd: error: {f'rank {rank}: ' if rank is not None else ''}{e}", err=True)
             sys.exit(2)
         except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException, SystemExit):
             raise
@@ -55,7 +54,9 @@ class Group(click.Group):
         except Exception as e:
             raise self._other(ctx, e)
         finally:
-            distributed.shutdown()
+            world = sys.modules.get("pipeline.distributed")  # a stage that never imported torch has none
+            if world is not None:
+                world.shutdown()
 
     @staticmethod
     def _other(ctx, e):
@@ -112,7 +113,7 @@ def prepare(kind, source, name, out, overwrite, params_path):
     tiny-imagenet-200 folder as distributed). Without KIND: the active profile's dataset.
     Offline CIFAR-100:  tfkd prepare npz --source cifar100.npz --name cifar100
     """
-    from . import data, stages
+    from . import data
     if kind is None:
         p = _params(params_path)
         kind, source = p.dataset, source or p.profile.get("source")
@@ -121,7 +122,7 @@ def prepare(kind, source, name, out, overwrite, params_path):
         elif kind == "cifar100" and source and str(source).endswith(".npz"):
             kind, name = "npz", "cifar100"
     name = name or kind
-    out = out or stages.prepared_path(name)
+    out = out or layout.prepared_path(name)
     ds = data.prepare(kind, out, source=source, name=name, overwrite=overwrite)
     click.echo(f"prepared {ds.name}: {len(ds.y_train)} train / {len(ds.y_test)} test images, "
                f"{ds.image_size}x{ds.image_size}x{ds.channels}, {ds.num_classes} classes, "
@@ -150,11 +151,13 @@ def train(experiment, seeds, params_path, device, overwrite, sync_bn, graph, com
     Data-parallel: torchrun --nproc_per_node N -m pipeline train EXPERIMENT
     (batch_size stays the global batch; each rank takes batch_size/N of every step).
     """
-    from . import stages
     p = _params(params_path)
     if p.role_of(experiment) != "train":
         raise TfkdError(f"{experiment} is a distill experiment: run 'tfkd cache {experiment}' then "
                         f"'tfkd distill {experiment}'")
+    if layout.skip(p, experiment, click.echo):
+        return  # before torch is imported: a skipped stage under dvc repro costs almost nothing
+    from . import stages
     stages.train(p, experiment, seeds, _device(device), overwrite, sync_bn=sync_bn, graph=graph, compile=compile)
 
 
@@ -185,11 +188,15 @@ def cache_cmd(experiment, seeds, params_path, device, checkpoint, model, width, 
                                any external checkpoint -> a clean cache.
     Under torchrun the ranks share the teacher inference; rank 0 writes the one file.
     """
+    if experiment:
+        p = _params(params_path)
+        if p.role_of(experiment) == "distill" and layout.skip(p, experiment, click.echo, "cache"):
+            return
+        from . import stages
+        stages.make_cache(p, experiment, seeds, _device(device), graph=graph, compile=compile)
+        return
     from . import stages
     dev = _device(device)
-    if experiment:
-        stages.make_cache(_params(params_path), experiment, seeds, dev, graph=graph, compile=compile)
-        return
     missing = [f"--{n}" for n, v in (("checkpoint", checkpoint), ("model", model), ("data", data_path), ("out", out)) if not v]
     if missing:
         raise TfkdError(f"give an EXPERIMENT, or {' '.join(missing)} for an external checkpoint")
@@ -227,10 +234,12 @@ def distill(experiment, seeds, params_path, device, overwrite, sync_bn, graph, c
     The cache is checked against the dataset and the run before the first step.
     Data-parallel like train: torchrun --nproc_per_node N -m pipeline distill EXPERIMENT
     """
-    from . import stages
     p = _params(params_path)
     if p.role_of(experiment) != "distill":
         raise TfkdError(f"{experiment} is a train experiment: run 'tfkd train {experiment}'")
+    if layout.skip(p, experiment, click.echo):
+        return
+    from . import stages
     stages.train(p, experiment, seeds, _device(device), overwrite, sync_bn=sync_bn, graph=graph, compile=compile)
 
 

@@ -18,10 +18,25 @@ from dataclasses import asdict, dataclass, field, fields
 
 import yaml
 
-from .augment import AugmentSpec, run_key as _run_key
 from .errors import TfkdError
-from .losses import FORMS
 from .version import RESULTS_VERSION
+
+FORMS = ("reference", "paper")  # the loss forms of losses.py
+
+
+@dataclass(frozen=True)
+class AugmentSpec:
+    """The augmentation a run's views get (augment.py applies it on the device)."""
+    pad: int = 4          # random crop with this much zero padding (0 = no crop)
+    flip: bool = True     # random horizontal flip
+    rotate: float = 15.0  # random rotation in [-rotate, +rotate] degrees (0 = none)
+
+
+def _run_key(seed, identity):
+    """A 32-bit key from the seed and the run's identity (experiment name and role)."""
+    digest = hashlib.sha256(f"{int(seed)}/{identity}".encode()).digest()
+    return int.from_bytes(digest[:4], "little")
+
 
 TOP_KEYS = ("profile", "profiles", "seeds", "defaults", "train", "distill")
 PROFILE_KEYS = ("dataset", "source", "epochs", "width", "checkpoints", "only", "note")

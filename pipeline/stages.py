@@ -1,62 +1,23 @@
-"""The pipeline's stages, one function each, on the project layout:
-
-    data/prepared/<dataset>.npz     tfkd prepare
-    runs/<exp>/s<seed>/             tfkd train / distill: checkpoints, metrics.json, timing.json, history.tsv
-    runs/<exp>.json, runs/<exp>.tsv the experiment's summary over seeds (dvc metrics / dvc plots)
-    cache/<exp>/s<seed>.h5          tfkd cache: the teacher logits a distill run reads
-"""
+"""The pipeline's stages, one function each, on the project layout of layout.py."""
 import json
 import os
-import statistics
 
 from . import cache, checkpoint, data as datasets, distributed
 from .config import identity_change
 from .errors import TfkdError
-from .files import write_text
+from .layout import cache_path, prepared_path, run_dir, skip, write_summary  # noqa: F401 (re-exported)
 from .train import DeviceData, RunDir, fit
-
-
-def prepared_path(dataset):
-    return os.path.join("data", "prepared", f"{dataset}.npz")
-
-
-def run_dir(name, seed):
-    return os.path.join("runs", name, f"s{seed}")
-
-
-def cache_path(name, seed):
-    return os.path.join("cache", name, f"s{seed}.h5")
 
 
 def load_data(dataset):
     return datasets.load(prepared_path(dataset))
 
 
-def prepare(params):
-    prof = params.profile
-    return datasets.prepare(prof.get("dataset", "embedded"), prepared_path(params.dataset),
-                            source=prof.get("source"))
-
-
-def _skip(params, name, log, folder="runs"):
-    """Experiments outside the active profile's `only` list leave a marker (DVC needs its outputs)
-    and an empty summary, which the report shows as missing: never a result."""
-    if params.selected(name):
-        return False
-    if not distributed.current().is_main:
-        return True
-    write_text(os.path.join(folder, name, "SKIPPED"), f"not in profile {params.profile_name}\n")
-    if folder == "runs":
-        write_summary(params, name, [])
-    log(f"[{name}] skipped: not in the 'only' list of profile {params.profile_name!r}")
-    return True
-
-
 def train(params, name, seeds, device, overwrite=False, log=print, sync_bn=False, graph=None, compile=None):
     """Train experiment `name` (a train or distill entry) for each seed; distill reads its cache."""
     world = distributed.current()
     log = world.quiet(log)
-    if _skip(params, name, log):
+    if skip(params, name, log):
         return []
     results, ddata = [], None
     for seed in seeds or params.seeds:
@@ -101,7 +62,7 @@ def make_cache(params, name, seeds, device, log=print, graph=None, compile=None)
     log = world.quiet(log)
     if params.role_of(name) != "distill":
         raise TfkdError(f"{name} is a train experiment; 'tfkd cache' takes a distill experiment")
-    if _skip(params, name, log, "cache"):
+    if skip(params, name, log, "cache"):
         return []
     paths, ddata = [], None
     for seed in seeds or params.seeds:
@@ -170,28 +131,3 @@ def teacher_ready(cfg, ckpt_path, tcfg, data):
         raise TfkdError(f"teacher {cfg.teacher} has not finished training with its current settings "
                         f"({os.path.dirname(ckpt_path)}/metrics.json), so {ckpt_path} is only its best so far; "
                         f"finish it first: tfkd train {cfg.teacher}")
-
-
-def write_summary(params, name, seeds):
-    """runs/<name>.json (metrics over seeds) and runs/<name>.tsv (per-epoch curves, all seeds)."""
-    role = params.role_of(name)
-    entry = params.raw[role][name] or {}
-    summary = {"experiment": name, "role": role, "profile": params.profile_name, "dataset": params.dataset,
-               "model": entry.get("model"), "method": entry.get("method", "kd" if role == "distill" else "ce"),
-               "teacher": entry.get("teacher"), "seeds": {}}
-    rows = []
-    for seed in seeds:
-        folder = run_dir(name, seed)
-        with open(os.path.join(folder, "metrics.json")) as f:
-            m = json.load(f)
-        summary["seeds"][str(seed)] = {"best_top1": m["best_top1"], "final_top1": m["final_top1"]}
-        with open(os.path.join(folder, "history.tsv")) as f:
-            rows += [[seed] + line.rstrip("\n").split("\t") for line in list(f)[1:]]
-    for key in ("best_top1", "final_top1"):
-        values = [s[key] for s in summary["seeds"].values()]
-        summary[key] = statistics.fmean(values) if values else None
-        summary[key + "_std"] = statistics.stdev(values) if len(values) > 1 else 0.0 if values else None
-    write_text(os.path.join("runs", f"{name}.json"), json.dumps(summary, indent=2) + "\n")
-    header = "\t".join(("seed", "epoch", "lr", "train_loss", "train_acc", "test_loss", "test_acc"))
-    write_text(os.path.join("runs", f"{name}.tsv"), "\n".join([header] + ["\t".join(map(str, r)) for r in rows]) + "\n")
-    return summary
