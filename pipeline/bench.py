@@ -13,6 +13,7 @@ batches and compares the losses and the weights: the fast path must keep the mat
 `acceptance` (`tfkd acceptance`) runs both, then the paper's base_resnet18 run under a time cap,
 and sets each figure beside its target (TARGETS) with PASS / MISS.
 """
+import dataclasses
 import datetime
 import json
 import os
@@ -28,7 +29,7 @@ import torch
 
 from . import __version__, augment, cache, capture
 from .config import RunConfig
-from .errors import TfkdError
+from .errors import TfkdError, one_line
 from .losses import Objective
 from .step import TrainStep
 from .device import device_name
@@ -117,10 +118,12 @@ def run(data, device, student="resnet18", teacher="resnet18", width=1.0, batch_s
         record(label, steps * batch_size / _timed(lambda: step(nxt(), 0.1), steps, warmup, device))
 
     table = torch.randn(n, k, device=device).half()  # a cached table: the lookup cost is what matters
-    train_rate("train_ce", Objective("ce", k).to(device))
-    train_rate("train_lsr", Objective("lsr", k, label_smoothing=0.1).to(device))
-    train_rate("train_reg", Objective("reg", k, alpha=0.1, temperature=20.0, multiplier=100.0).to(device))
-    kd = Objective("kd", k, alpha=0.9, temperature=4.0).to(device)
+    def objective(**loss):
+        return Objective(dataclasses.replace(cfg, **loss), k).to(device)
+    train_rate("train_ce", objective(method="ce"))
+    train_rate("train_lsr", objective(method="lsr", label_smoothing=0.1))
+    train_rate("train_reg", objective(method="reg", alpha=0.1, temperature=20.0, multiplier=100.0))
+    kd = objective(method="kd", alpha=0.9, temperature=4.0)
     train_rate("train_kd_cache", kd, cache.CacheTeacher(table.cpu().numpy(), device))
     train_rate("train_kd_online", kd, OnlineTeacher(tmodel, round_to=None))
 
@@ -171,7 +174,7 @@ def check(data, device, model_name="resnet18", width=1.0, batch_size=128, steps=
         forms.append(("graph+compile" if graph else "compile", graph, True))
     ddata = DeviceData(data, device)
     cfg = RunConfig(name="check", role="train", model=model_name, width=width, batch_size=batch_size)
-    objective = Objective("ce", data.num_classes).to(device)
+    objective = Objective(cfg, data.num_classes).to(device)
     order = augment.epoch_order(1, 0, len(data.y_train), device)
 
     runs, failed = {}, {}
@@ -185,7 +188,7 @@ def check(data, device, model_name="resnet18", width=1.0, batch_size=128, steps=
         except Exception as e:  # a fast form that cannot run here is a finding, not the end of the bench
             if name.startswith("eager"):
                 raise
-            failed[name] = f"{type(e).__name__}: {' '.join(str(e).split())[:300]}"
+            failed[name] = one_line(e, 300)
             log(f"  {name}: FAILED ({failed[name]})")
             continue
         losses = [(b - a) / batch_size for a, b in zip([0.0] + sums, sums)]
@@ -297,14 +300,14 @@ def acceptance_train(params, name, device, time_cap, graph, compile, log=print):
     from . import stages
     from .train import fit
     seed = params.seeds[0]
-    cfg, folder = params.run(name, seed), stages.run_dir(name, seed)
+    cfg, folder = params.config(name, seed), stages.run_dir(name, seed)
     t0 = time.perf_counter()
     metrics = fit(cfg, DeviceData(stages.load_data(cfg.dataset), device), folder, device, log=log, graph=graph,
                   compile=compile, time_cap=time_cap)
     cut = metrics is None
     stages.write_summary(params, name, [] if cut else [seed])
     wall = time.perf_counter() - t0
-    out = {"experiment": name, "seed": seed, "epochs": params.run(name, seed).epochs, "time_cap_seconds": time_cap,
+    out = {"experiment": name, "seed": seed, "epochs": params.config(name, seed).epochs, "time_cap_seconds": time_cap,
            "wall_seconds": wall, "partial": cut, "run_dir": folder,
            "summary": os.path.join("runs", f"{name}.json")}
     if cut:
@@ -327,7 +330,7 @@ def acceptance_train(params, name, device, time_cap, graph, compile, log=print):
 def not_at_target_setting(params, name, ds, device, bench_result):
     """Why these figures are not at the targets' setting (one GPU, full CIFAR-100, the paper's
     ResNet18 at batch 128, 200 epochs); an empty list when they are."""
-    cfg = params.run(name, params.seeds[0])
+    cfg = params.config(name, params.seeds[0])
     why = []
     if device.type != "cuda":
         why.append(f"device {device_name(device)} (the targets are for a GPU)")
@@ -416,7 +419,7 @@ def acceptance(params, source, device, time_cap, experiment="base_resnet18", ste
     if not params.selected(experiment):
         raise TfkdError(f"{experiment} is not in the 'only' list of profile {params.profile_name!r}; "
                         f"add it there or pick another --profile")
-    cfg = params.run(experiment, params.seeds[0])
+    cfg = params.config(experiment, params.seeds[0])
     ds = acceptance_data(params, source)
     log(f"data: {ds.name}, {len(ds.y_train):,} train / {len(ds.y_test):,} test images")
     graph, compile = capture.fast_path(device, 1, graph, compile)

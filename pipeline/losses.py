@@ -10,13 +10,8 @@ Two forms:
 
 Targets are precomputed [K, K] tables indexed by the label, never built per sample.
 """
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
-
-METHODS = ("ce", "lsr", "reg", "kd")
-from .config import FORMS  # noqa: F401 (the settings live in config.py)
 
 
 def kl_to(target_probs, student_log_probs, reduction):
@@ -37,53 +32,49 @@ def virtual_teacher_table(k, correct_prob, temperature):
     return torch.softmax(p_d / temperature, dim=1)
 
 
-@dataclass
-class Objective:
-    """loss = objective(student_logits, labels, teacher_logits=None); fp32 maths throughout."""
-    method: str
-    num_classes: int
-    alpha: float = 0.0
-    temperature: float = 1.0
-    multiplier: float = 1.0
-    label_smoothing: float = 0.1
-    correct_prob: float = 0.99
-    form: str = "reference"
+class Objective(torch.nn.Module):
+    """loss = objective(student_logits, labels, teacher_logits=None); fp32 maths throughout.
 
-    def __post_init__(self):
-        k = self.num_classes
-        self.table = None
-        if self.method == "lsr":
-            self.table = label_smoothing_table(k, self.label_smoothing)
-        elif self.method == "reg":
-            self.table = virtual_teacher_table(k, self.correct_prob, self.temperature)
+    Its settings are the run's own, read by name from `cfg` (a config.RunConfig): method, alpha,
+    temperature, multiplier, label_smoothing, correct_prob and loss_form. The [K, K] target table
+    of LSR and Tf-KD reg is a buffer, so .to(device) moves it with the module."""
+
+    def __init__(self, cfg, num_classes):
+        super().__init__()
+        self.cfg, self.num_classes = cfg, num_classes
+        table = None
+        if cfg.method == "lsr":
+            table = label_smoothing_table(num_classes, cfg.label_smoothing)
+        elif cfg.method == "reg":
+            table = virtual_teacher_table(num_classes, cfg.correct_prob, cfg.temperature)
+        self.register_buffer("table", table)
+
+    @property
+    def method(self):
+        return self.cfg.method
 
     @property
     def needs_teacher(self):
-        return self.method == "kd"
+        return self.cfg.method == "kd"
 
-    def to(self, device):
-        if self.table is not None:
-            self.table = self.table.to(device)
-        return self
-
-    def __call__(self, logits, labels, teacher_logits=None):
-        s = logits.float()
-        if self.method == "ce":
+    def forward(self, logits, labels, teacher_logits=None):
+        s, cfg = logits.float(), self.cfg
+        if cfg.method == "ce":
             return F.cross_entropy(s, labels)
-        if self.method == "lsr":
+        if cfg.method == "lsr":
             return -(self.table[labels] * F.log_softmax(s, dim=1)).sum(1).mean()
-        a, t, ref = self.alpha, self.temperature, self.form == "reference"
-        if self.method == "reg":
+        a, t, ref = cfg.alpha, cfg.temperature, cfg.loss_form == "reference"
+        if cfg.method == "reg":
             target = self.table[labels]
             if ref:  # student not softened; weight alpha * multiplier on the 'mean' KL
-                soft = self.multiplier * kl_to(target, F.log_softmax(s, dim=1), "mean")
+                soft = cfg.multiplier * kl_to(target, F.log_softmax(s, dim=1), "mean")
             else:
                 soft = kl_to(target, F.log_softmax(s / t, dim=1), "batchmean")
         else:  # kd: normal, reversed, defective and self-training alike
-            target = F.softmax(teacher_logits.float() / t, dim=1)
+            target = F.softmax(teacher_logits.detach().float() / t, dim=1)  # a target, never trained
             student = F.log_softmax(s / t, dim=1)
             if ref:
-                soft = t * t * self.multiplier * kl_to(target, student, "mean")
+                soft = t * t * cfg.multiplier * kl_to(target, student, "mean")
             else:
                 soft = kl_to(target, student, "batchmean")
         hard = F.cross_entropy(s, labels) if a < 1 else s.new_zeros(())

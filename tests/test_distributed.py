@@ -15,7 +15,7 @@ from pipeline import augment, data as datasets
 from pipeline.distributed import World
 from pipeline.losses import Objective
 from pipeline.train import DeviceData, evaluate, model_for
-from pipeline.config import Params
+from pipeline.config import Params, RunConfig
 
 
 def torchrun(*args, ranks=2):
@@ -46,7 +46,8 @@ def test_rank_loss_weights_make_the_ddp_average_the_global_batch_mean(method):
     gen = torch.Generator().manual_seed(0)
     logits = torch.randn(11, 6, generator=gen, requires_grad=True)
     teacher, labels = torch.randn(11, 6, generator=gen), torch.randint(0, 6, (11,), generator=gen)
-    obj = Objective(method, 6, alpha=0.7, temperature=3.0, multiplier=2.0)
+    obj = Objective(RunConfig(name="t", role="distill" if method == "kd" else "train", model="resnet18",
+                              method=method, alpha=0.7, temperature=3.0, multiplier=2.0), 6)
     whole = torch.autograd.grad(obj(logits, labels, teacher), logits)[0]
     size, parts = 3, []
     for r in range(size):
@@ -78,7 +79,7 @@ def test_train_cache_distill_on_two_gloo_ranks(tiny):
     # the ranks' models stayed identical, so every step's gradients were all-reduced
     params = Params.load("params.yaml")
     ddata = DeviceData(datasets.load("data/prepared/embedded.npz"), torch.device("cpu"))
-    model = model_for(params.run("base_resnet18", 230), ddata.data, torch.device("cpu"))
+    model = model_for(params.config("base_resnet18", 230), ddata.data, torch.device("cpu"))
     model.load_state_dict(torch.load(run / "last.pt", weights_only=True)["model"])
     assert evaluate(model, ddata, 1000)[1] == metrics["final_top1"]
     # interrupted after epoch 1 (rank 0 reads last.pt and hands it to rank 1): the resumed run
