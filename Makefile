@@ -8,14 +8,13 @@ BIN := $(VENV)/bin
 
 $(BIN)/tfkd: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q $(TORCH) -e '.[dvc,test]'
 	touch $@
 
 install: $(BIN)/tfkd
 
-run: install
-	PATH="$(CURDIR)/$(BIN):$$PATH" dvc repro
+run: install  # only the active profile's stages (tfkd stages): a skipped one is not even launched
+	PATH="$(CURDIR)/$(BIN):$$PATH" dvc repro $$(PATH="$(CURDIR)/$(BIN):$$PATH" tfkd stages)
 	PATH="$(CURDIR)/$(BIN):$$PATH" tfkd report
 
 test: install

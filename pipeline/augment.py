@@ -25,7 +25,9 @@ _MASK = 0xFFFFFFFF
 
 
 def _mix(x):
-    # A 32-bit integer hash (xorshift-multiply rounds) on int64 tensors holding uint32 values.
+    # A 32-bit integer hash on int64 tensors holding uint32 values: xorshift-multiply rounds in the
+    # style of Chris Wellons' hash prospector (0x7FEB352D is its lowbias32 multiplier). seeds()
+    # mixes in the 32-bit golden-ratio constant 0x9E3779B1 and xxHash32's prime 0x85EBCA77.
     # Multipliers stay below 2**31 so products never overflow int64: identical on CPU and GPU.
     for mult in (0x7FEB352D, 0x2C1B3C6D, 0x297A2D39):
         x = x ^ (x >> 16)

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from . import __version__, augment, capture, distributed
-from .errors import TfkdError
+from .errors import TfkdError, one_line
 from .files import atomic_path
 from .precision import PrecisionPolicy
 from .version import RESULTS_VERSION
@@ -29,6 +29,9 @@ ATTRS = ("schema_version", "dataset", "dataset_fingerprint", "num_classes", "num
          "checkpoint_choice", "teacher_test_acc", "view_policy", "aug_version", "aug_spec",
          "run_key", "epochs", "seed", "params", "package_version", "teacher_digest", "results_version")
 ROWS_PER_CHUNK = 1024
+INFER_BATCH = 1024       # teacher inference batch: no gradients, so far larger than a training batch
+MIN_COMPILED_EPOCHS = 3  # fewer replay passes than this: compiling costs more than it saves
+LOG_EVERY = 10           # log a replay cache's progress about this many times
 
 
 def sha256_file(path):
@@ -76,7 +79,7 @@ def _logit_blocks(model, ddata, policy, run_key, epochs, spec, batch_size, graph
         yield epoch, host
 
 
-def write(path, model, ddata, policy, attrs, run_key=0, epochs=1, spec=None, batch_size=1024, log=print,
+def write(path, model, ddata, policy, attrs, run_key=0, epochs=1, spec=None, batch_size=INFER_BATCH, log=print,
           graph=None, compile=None):
     """Run `model` (eval mode) over the training set and write the cache atomically (rank 0).
 
@@ -85,8 +88,8 @@ def write(path, model, ddata, policy, attrs, run_key=0, epochs=1, spec=None, bat
     """
     model.eval()
     world = distributed.current()
-    if compile is None and (policy == "clean" or epochs < 3):
-        compile = False  # a pass or two: compiling costs more than it saves (a single pass is never captured)
+    if compile is None and (policy == "clean" or epochs < MIN_COMPILED_EPOCHS):
+        compile = False  # (a single pass is never captured either)
     graph, compile = capture.fast_path(ddata.device, world.size, graph, compile)
     if ddata.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -115,7 +118,7 @@ def write(path, model, ddata, policy, attrs, run_key=0, epochs=1, spec=None, bat
                     ds[...] = rows
                 else:
                     ds[epoch] = rows
-                    if (epoch + 1) % max(1, epochs // 10) == 0 or epoch + 1 == epochs:
+                    if (epoch + 1) % max(1, epochs // LOG_EVERY) == 0 or epoch + 1 == epochs:
                         log(f"  cache {os.path.basename(path)}: epoch {epoch + 1}/{epochs}")
             for key in ATTRS:
                 if key in attrs:
@@ -131,7 +134,7 @@ def read_attrs(path):
     except FileNotFoundError:
         raise TfkdError(f"cache {path} not found: run 'tfkd cache' for it first")
     except OSError as e:
-        raise TfkdError(f"cache {path} is truncated or corrupt ({str(e).splitlines()[0][:80]}): "
+        raise TfkdError(f"cache {path} is truncated or corrupt ({one_line(e, 80)}): "
                         f"delete it and rerun 'tfkd cache'")
 
 
@@ -180,12 +183,12 @@ def check(path, want, fix="rerun 'tfkd cache'"):
     return attrs
 
 
-def load(path, data, policy, num_classes, run_key=None, epochs=None, spec=None, teacher=None,
+def load(path, data, policy, run_key=None, epochs=None, spec=None, teacher=None,
          fix="rerun 'tfkd cache'"):
     """The cache's logits as a float16 array, after checking it belongs with this dataset and run
     (check(); `teacher` as in expected())."""
     attrs = check(path, expected(data, policy, run_key, epochs, spec, teacher), fix)
-    name = os.path.basename(path)
+    name, num_classes = os.path.basename(path), data.num_classes
 
     def refuse(what, fix):
         raise TfkdError(f"cache {path}: {what}; {fix}")
@@ -196,7 +199,7 @@ def load(path, data, policy, num_classes, run_key=None, epochs=None, spec=None, 
         with h5py.File(path, "r") as f:
             labels, logits = f["labels"][...], f["logits"][...]
     except (OSError, KeyError) as e:
-        refuse(f"cannot be read ({str(e).splitlines()[0][:80]})", "delete it and rerun 'tfkd cache'")
+        refuse(f"cannot be read ({one_line(e, 80)})", "delete it and rerun 'tfkd cache'")
     if labels.shape != data.y_train.shape or not np.array_equal(labels, data.y_train):
         refuse("labels do not match the dataset's training labels", f"the cache {name} belongs to other data")
     if logits.shape[-2:] != (len(data.y_train), num_classes):

@@ -13,7 +13,7 @@ then runs eagerly): `--no-graph` / `--no-compile` turn them off, e.g. to save co
 """
 import torch
 
-from .errors import TfkdError
+from .errors import TfkdError, one_line
 
 
 def fast_path(device, world_size, graph=None, compile=None):
@@ -40,6 +40,9 @@ class Graphed:
 
     fn must read its inputs from, and leave its results in, tensors that outlive the call, and must
     not sync with the host. Every call does the real work: the warm-up calls are not thrown away.
+    Warm-up lets lazy state exist before capture (optimizer momentum buffers after a first step,
+    cuDNN's autotuned algorithms, the caching allocator's pools): a training step needs 3 (as in
+    PyTorch's CUDA-graph notes); an inference pass (evaluation, a cache pass) has no such state, 1.
     """
 
     def __init__(self, fn, enabled, warmup=3, what="a step"):
@@ -65,8 +68,8 @@ class Graphed:
                 with torch.cuda.graph(graph):  # records fn's kernels; runs nothing
                     self.fn()
             except Exception as e:  # fn ran fine eagerly: the capture itself is what failed
-                raise TfkdError(f"capturing {self.what} in a CUDA graph failed ({type(e).__name__}: "
-                                f"{' '.join(str(e).split())[:200]}); rerun with --no-graph (env TFKD_GRAPH=0)") from e
+                raise TfkdError(f"capturing {self.what} in a CUDA graph failed ({one_line(e)}); "
+                                f"rerun with --no-graph (env TFKD_GRAPH=0)") from e
             self.graph = graph
         self.graph.replay()
         return None

@@ -1,4 +1,5 @@
-"""Reading a model's weights from a checkpoint file, whoever wrote it.
+"""Checkpoints: reading a model's weights from a checkpoint file, whoever wrote it; and a run's
+own: its folder (RunDir), writing them in the background, the RNG state, and where a rerun resumes.
 
 Three kinds load, strictly and with no key map, because the zoo's state_dict keys are the
 reference code's own (models/):
@@ -8,11 +9,16 @@ reference code's own (models/):
 in either torch format (zip, or the legacy one torch <= 1.5 wrote), keys with or without the
 'module.' prefix nn.DataParallel / DistributedDataParallel adds.
 """
+import json
 import os
+import re
+import threading
 
 import torch
 
+from .config import identity_change
 from .errors import TfkdError
+from .files import atomic_path
 from .models import MODELS, build_model
 from .version import RESULTS_VERSION
 
@@ -79,3 +85,139 @@ def load_model(path, model_name, width, num_classes, in_channels):
                         f"{num_classes} classes, {in_channels} input channels) asked for: fix the teacher's "
                         f"model, width or dataset, or pass the right checkpoint")
     return model.eval(), ckpt
+
+
+_OWNED = re.compile(r"epoch_\d+\.pt|best\.pt|last\.pt|metrics\.json|timing\.json|history\.tsv")  # RunDir's files
+
+
+class RunDir:
+    """runs/<experiment>/s<seed>/: checkpoints, metrics.json, timing.json, history.tsv."""
+
+    def __init__(self, path):
+        self.path = path
+        self._writer, self._error = None, None  # the checkpoint write in flight, at most one
+
+    def file(self, name):
+        return os.path.join(self.path, name)
+
+    def checkpoint(self, epoch):
+        return self.file(f"epoch_{int(epoch):04d}.pt")
+
+    def finished(self):
+        """The metrics.json of a finished run here, or None."""
+        try:
+            with open(self.file("metrics.json")) as f:
+                return json.load(f)
+        except (OSError, ValueError):
+            return None
+
+    def owned(self):
+        """The files tfkd writes here (and their temporaries): all --overwrite may delete."""
+        try:
+            names = os.listdir(self.path)
+        except OSError:
+            return []
+        return [n for n in names if _OWNED.fullmatch(n) or
+                (n.startswith(".") and n.endswith(".tmp") and _OWNED.fullmatch(n[1:].rsplit(".", 2)[0]))]
+
+    def _load(self, name):
+        try:
+            return torch.load(self.file(name), map_location="cpu", weights_only=True)
+        except Exception:
+            return None
+
+    def _newest_epoch_state(self):
+        """(name, state) of the newest readable epoch_*.pt, or (None, None)."""
+        epochs = sorted((n for n in os.listdir(self.path) if re.fullmatch(r"epoch_\d+\.pt", n)), reverse=True)
+        for name in epochs:
+            state = self._load(name)
+            if isinstance(state, dict) and "optimizer" in state:
+                return name, state
+        return None, None
+
+    def resume_state(self, digest, identity, overwrite, log=print):
+        """(state, file) to resume from ((None, None): start fresh). Refuses to clobber another
+        run's results: without `overwrite` it names what differs; with it, deletes tfkd's own files."""
+        old, source = None, None
+        if os.path.exists(self.file("last.pt")):
+            old, source = self._load("last.pt"), "last.pt"
+            if not isinstance(old, dict):
+                source, old = self._newest_epoch_state()
+                log(f"{self.file('last.pt')} is damaged; " + (f"resuming from {source}, the newest intact "
+                    f"checkpoint" if old else "no intact checkpoint is left, so the run restarts from scratch"))
+        previous = old if old is not None else self.finished()
+        old_digest = previous.get("digest", previous.get("config_digest")) if previous else None
+        if old_digest is not None and old_digest != digest:
+            if not overwrite:
+                why = identity_change(previous.get("identity"), identity) or "with other settings"
+                raise TfkdError(f"{self.path} was computed {why}; pass --overwrite to redo it, "
+                                f"or change the experiment name")
+            for name in self.owned():
+                os.remove(self.file(name))
+            return None, None
+        return old, source
+
+    def save_checkpoints(self, names, state):
+        """Write `state` to each file of `names` in order, each atomically, in a background thread:
+        the device goes on training meanwhile. `state` is first copied to host memory."""
+        self.wait()
+        devices = set()
+        snapshot = host_copy(state, devices)
+        for device in devices - {torch.device("cpu")}:
+            torch.cuda.synchronize(device)  # one wait for all the non-blocking copies
+
+        def write():
+            try:
+                for name in names:
+                    with atomic_path(self.file(name)) as tmp:
+                        torch.save(snapshot, tmp)
+            except BaseException as e:  # reported by the next wait(), in the training thread
+                self._error = e
+        self._writer = threading.Thread(target=write, name="tfkd-checkpoint", daemon=True)
+        self._writer.start()
+
+    def wait(self, reraise=True):
+        """Block until the last checkpoint is on disk; raise if writing it failed (if `reraise`)."""
+        if self._writer is not None:
+            self._writer.join()
+            self._writer = None
+        if self._error is not None and reraise:
+            error, self._error = self._error, None
+            raise TfkdError(f"could not write a checkpoint in {self.path} ({type(error).__name__}: {error}); "
+                            f"free disk space, then rerun to resume")
+
+
+def host_copy(obj, devices):
+    """`obj` with every tensor copied to host memory (training goes on mutating the originals).
+    Device tensors are copied without blocking, into pinned memory: sync each of `devices` (the
+    tensors' devices, filled in) before reading the copies. One sync, not one per tensor."""
+    if torch.is_tensor(obj):
+        devices.add(obj.device)
+        return obj.detach().to("cpu", copy=True, non_blocking=obj.device.type == "cuda")
+    if isinstance(obj, dict):
+        return {k: host_copy(v, devices) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(host_copy(v, devices) for v in obj)
+    return obj
+
+
+def rng_state():
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state):
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def resume_point(rd, digest, identity, overwrite, log=print):
+    """('done', metrics) for a run finished with this identity, else ('resume', (state, file))."""
+    finished = rd.finished()
+    if finished is not None and finished.get("config_digest") == digest:
+        return "done", finished
+    os.makedirs(rd.path, exist_ok=True)
+    return "resume", rd.resume_state(digest, identity, overwrite, log)

@@ -129,15 +129,30 @@ def prepare(kind, source, name, out, overwrite, params_path):
                f"fingerprint {ds.fingerprint[:12]} -> {out}")
 
 
+def run_options(command):
+    """The arguments and options of `train` and `distill`, which run an experiment the same way."""
+    for option in reversed((click.argument("experiment"), SEEDS, PARAMS, DEVICE, OVERWRITE, SYNC_BN, GRAPH, COMPILE)):
+        command = option(command)
+    return command
+
+
+WRONG_ROLE = {"train": "{0} is a distill experiment: run 'tfkd cache {0}' then 'tfkd distill {0}'",
+              "distill": "{0} is a train experiment: run 'tfkd train {0}'"}
+
+
+def _run_experiment(role, experiment, seeds, params_path, device, overwrite, sync_bn, graph, compile):
+    p = _params(params_path)
+    if p.role_of(experiment) != role:
+        raise TfkdError(WRONG_ROLE[role].format(experiment))
+    if layout.skip(p, experiment, click.echo):
+        return  # before torch is imported: a skipped stage under dvc repro costs almost nothing
+    from . import stages
+    stages.run_experiment(p, experiment, seeds, _device(device), overwrite, sync_bn=sync_bn, graph=graph,
+                          compile=compile)
+
+
 @main.command()
-@click.argument("experiment")
-@SEEDS
-@PARAMS
-@DEVICE
-@OVERWRITE
-@SYNC_BN
-@GRAPH
-@COMPILE
+@run_options
 def train(experiment, seeds, params_path, device, overwrite, sync_bn, graph, compile):
     """Train EXPERIMENT (a `train:` entry of params.yaml) from scratch: baseline CE, label
     smoothing (method: lsr) or Tf-KD reg (method: reg).
@@ -151,14 +166,7 @@ def train(experiment, seeds, params_path, device, overwrite, sync_bn, graph, com
     Data-parallel: torchrun --nproc_per_node N -m pipeline train EXPERIMENT
     (batch_size stays the global batch; each rank takes batch_size/N of every step).
     """
-    p = _params(params_path)
-    if p.role_of(experiment) != "train":
-        raise TfkdError(f"{experiment} is a distill experiment: run 'tfkd cache {experiment}' then "
-                        f"'tfkd distill {experiment}'")
-    if layout.skip(p, experiment, click.echo):
-        return  # before torch is imported: a skipped stage under dvc repro costs almost nothing
-    from . import stages
-    stages.train(p, experiment, seeds, _device(device), overwrite, sync_bn=sync_bn, graph=graph, compile=compile)
+    _run_experiment("train", experiment, seeds, params_path, device, overwrite, sync_bn, graph, compile)
 
 
 @main.command("cache")
@@ -204,24 +212,19 @@ def cache_cmd(experiment, seeds, params_path, device, checkpoint, model, width, 
         raise TfkdError(f"{out} exists; pass --overwrite to replace it")
     from . import cache, data, distributed
     from .checkpoint import load_model
+    from .config import RunConfig
     from .train import DeviceData
     ddata = DeviceData(data.load(data_path), dev)
     teacher, ckpt = load_model(checkpoint, model, width, ddata.data.num_classes, ddata.data.channels)
-    attrs = stages.describe_teacher(teacher.to(dev), ddata, checkpoint, ckpt, model, width, "external", 0, {})
+    attrs = stages.describe_teacher(teacher.to(dev), ddata, checkpoint, ckpt, model, width, "external", 0, {},
+                                    RunConfig.eval_batch_size)
     cache.write(out, teacher, ddata, "clean", attrs, graph=graph, compile=compile)
     if distributed.current().is_main:
         click.echo(f"wrote {out} (teacher {model}, test {attrs['teacher_test_acc']:.2f}%)")
 
 
 @main.command()
-@click.argument("experiment")
-@SEEDS
-@PARAMS
-@DEVICE
-@OVERWRITE
-@SYNC_BN
-@GRAPH
-@COMPILE
+@run_options
 def distill(experiment, seeds, params_path, device, overwrite, sync_bn, graph, compile):
     """Train the student of EXPERIMENT (a `distill:` entry) from its cache: normal KD, Re-KD,
     De-KD or Tf-KD self; they differ only in the teacher the entry names.
@@ -234,13 +237,25 @@ def distill(experiment, seeds, params_path, device, overwrite, sync_bn, graph, c
     The cache is checked against the dataset and the run before the first step.
     Data-parallel like train: torchrun --nproc_per_node N -m pipeline distill EXPERIMENT
     """
+    _run_experiment("distill", experiment, seeds, params_path, device, overwrite, sync_bn, graph, compile)
+
+
+@main.command("stages")
+@PARAMS
+def stages_cmd(params_path):
+    """Print the dvc.yaml stages of the active profile's experiments, one per line.
+
+    
+    dvc repro $(tfkd stages)   runs just those (and what they depend on), so the stages of the
+    experiments a profile skips are not even launched (make run does this); plain `dvc repro`
+    runs every stage, the skipped ones leaving a SKIPPED marker.
+    """
     p = _params(params_path)
-    if p.role_of(experiment) != "distill":
-        raise TfkdError(f"{experiment} is a train experiment: run 'tfkd train {experiment}'")
-    if layout.skip(p, experiment, click.echo):
-        return
-    from . import stages
-    stages.train(p, experiment, seeds, _device(device), overwrite, sync_bn=sync_bn, graph=graph, compile=compile)
+    for role in ("train", "distill"):
+        for name in p.experiments(role):
+            if p.selected(name):
+                click.echo("\n".join(f"{stage}@{name}" for stage in (("cache", "distill") if role == "distill"
+                                                                     else ("train",))))
 
 
 @main.command()

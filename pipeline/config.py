@@ -2,7 +2,7 @@
 
 Layout of params.yaml:
     profile: smoke                 # which entry of `profiles` is active (dvc exp run -S profile=paper)
-    profiles: {NAME: {dataset, source, epochs, width, checkpoints, only}}
+    profiles: {NAME: {dataset, source, epochs, width, checkpoints, cache_policy, only}}
     seeds: [230]                   # every experiment runs once per seed
     defaults: {...}                # the reference recipe; any experiment may override a key
     train:   {EXP: {model, method: ce|lsr|reg, ...}}        # models trained from scratch
@@ -21,7 +21,9 @@ import yaml
 from .errors import TfkdError
 from .version import RESULTS_VERSION
 
+REFERENCE_BATCH = 128  # the batch the reference's learning rates are for: lr scales linearly with batch_size
 FORMS = ("reference", "paper")  # the loss forms of losses.py
+METHODS = {"train": ("ce", "lsr", "reg"), "distill": ("kd",)}  # losses.py's, by role
 
 
 @dataclass(frozen=True)
@@ -39,7 +41,8 @@ def _run_key(seed, identity):
 
 
 TOP_KEYS = ("profile", "profiles", "seeds", "defaults", "train", "distill")
-PROFILE_KEYS = ("dataset", "source", "epochs", "width", "checkpoints", "only", "note")
+PROFILE_KEYS = ("dataset", "source", "epochs", "width", "checkpoints", "cache_policy", "only", "note")
+PROFILE_SETTINGS = ("dataset", "epochs", "width", "checkpoints", "cache_policy")  # over defaults, under entries
 RESERVED_NAMES = ("results",)
 NOT_IN_IDENTITY = ("note",)      # documentation only: editing it leaves a finished run finished
 POLICIES = ("clean", "replay")
@@ -57,7 +60,7 @@ class RunConfig:
     width: float = 1.0
     epochs: int = 200
     batch_size: int = 128
-    lr: float = 0.1                # the reference's learning_rate; the step size is lr * batch/128
+    lr: float = 0.1                # the reference's learning_rate, per REFERENCE_BATCH samples (see step_lr)
     momentum: float = 0.9
     weight_decay: float = 5e-4
     warmup_epochs: int = 1
@@ -79,7 +82,7 @@ class RunConfig:
 
     @property
     def step_lr(self):
-        return self.lr * self.batch_size / 128
+        return self.lr * self.batch_size / REFERENCE_BATCH
 
     @property
     def milestone_epochs(self):
@@ -145,7 +148,7 @@ class RunConfig:
         for ok, key, why in checks:
             if not ok:
                 raise TfkdError(f"params.yaml {where}: {key} = {getattr(self, key)!r} {why}")
-        methods = ("kd",) if self.role == "distill" else ("ce", "lsr", "reg")
+        methods = METHODS[self.role]
         if self.method not in methods:
             raise TfkdError(f"params.yaml {where}: unknown method {self.method!r} for a {self.role} "
                             f"experiment; use one of: {', '.join(methods)}")
@@ -347,7 +350,7 @@ class Params:
                 _check_keys(exp or {}, RUN_KEYS, f"{role}.{name}")
                 _check_types(exp, f"{role}.{name}")
                 for seed in seeds:
-                    self.run(name, seed)
+                    self.config(name, seed)
         for name in self.profile.get("only") or []:
             if name not in train and name not in distill:
                 raise TfkdError(f"params.yaml profiles.{self.profile_name}.only: no experiment {name!r}")
@@ -385,15 +388,23 @@ class Params:
         only = self.profile.get("only")
         return only is None or name in only
 
-    def run(self, name, seed):
-        """The resolved RunConfig of experiment `name` for one seed: defaults < profile < entry."""
-        role = self.role_of(name)
-        entry = dict(self.raw[role][name] or {})
+    def _merged(self, entry):
+        """Settings: defaults < profile < `entry` (RunConfig's own defaults below them all)."""
         merged = dict(self.raw.get("defaults") or {})
-        for key in ("dataset", "epochs", "width", "checkpoints"):
+        for key in PROFILE_SETTINGS:
             if key in self.profile:
                 merged[key] = self.profile[key]
         merged.update(entry)
+        return merged
+
+    def common(self):
+        """The settings every experiment of the active profile starts from (no entry's overrides)."""
+        return RunConfig(name="", role="train", model="", **self._merged({}))
+
+    def config(self, name, seed):
+        """The resolved RunConfig of experiment `name` for one seed: defaults < profile < entry."""
+        role = self.role_of(name)
+        merged = self._merged(dict(self.raw[role][name] or {}))
         if "model" not in merged:
             raise TfkdError(f"params.yaml {role}.{name}: no model given; add e.g. 'model: resnet18'")
         if role == "distill":

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.errors import TfkdError
+from pipeline.errors import TfkdError, one_line
 from pipeline.files import atomic_path
 
 KNOWN = ("embedded", "cifar100", "cifar10", "npz", "tinyimagenet")
@@ -182,7 +182,7 @@ def load(path):
                      classes, meta["fingerprint"], tuple(meta["mean"]), tuple(meta["std"]),
                      meta.get("source", ""), meta.get("kind", ""))
     except (ValueError, KeyError, TypeError) as e:
-        raise TfkdError(f"prepared dataset {path} has unreadable meta ({_one_line(e)}): "
+        raise TfkdError(f"prepared dataset {path} has unreadable meta ({one_line(e)}): "
                         f"rerun 'tfkd prepare {path.stem}'") from None
     if fingerprint(ds.x_train, ds.y_train, ds.x_test, ds.y_test) != ds.fingerprint:
         raise TfkdError(f"prepared dataset {path} does not match its fingerprint (the file was modified or damaged): "
@@ -207,10 +207,6 @@ def _prepare_command(ds):
     return f"'tfkd prepare {ds.name}'"
 
 
-def _one_line(e):
-    return f"{e.__class__.__name__}: {' '.join(str(e).split())}"[:200]
-
-
 def _read_npz(path, keys, fix, what=""):
     """Arrays `keys` (+ optional `classes`) of an .npz, or a one-line TfkdError naming the file and the fix."""
     if not path.is_file():
@@ -228,7 +224,7 @@ def _read_npz(path, keys, fix, what=""):
     except TfkdError:
         raise
     except (zipfile.BadZipFile, zlib.error, ValueError, OSError, EOFError, KeyError) as e:
-        raise TfkdError(f"cannot read {what}{path} ({_one_line(e)}): the file is truncated or corrupt; {fix}") from None
+        raise TfkdError(f"cannot read {what}{path} ({one_line(e)}): the file is truncated or corrupt; {fix}") from None
     return arrays, classes
 
 
@@ -319,7 +315,7 @@ def _read_torchvision(kind, source):
         train = cls(str(root), train=True, download=True)
         test = cls(str(root), train=False, download=True)
     except (OSError, RuntimeError, ValueError) as e:  # URLError is an OSError; torchvision raises RuntimeError too
-        raise TfkdError(f"cannot download {kind} into {root} (no network? {_one_line(e)[:80]}): {fix}") from None
+        raise TfkdError(f"cannot download {kind} into {root} (no network? {one_line(e, 80)}): {fix}") from None
     arrays = dict(x_train=np.asarray(train.data), y_train=np.asarray(train.targets),
                   x_test=np.asarray(test.data), y_test=np.asarray(test.targets))
     return root, arrays, list(train.classes)
@@ -396,5 +392,5 @@ def _read_images(items, size=64):
                     im = im.resize((size, size), Image.BILINEAR)
                 x[i] = np.asarray(im)
         except (OSError, ValueError) as e:  # missing, truncated, or not an image (UnidentifiedImageError is OSError)
-            raise TfkdError(f"cannot read image {p} ({_one_line(e)[:80]}): re-extract tiny-imagenet-200.zip") from None
+            raise TfkdError(f"cannot read image {p} ({one_line(e, 80)}): re-extract tiny-imagenet-200.zip") from None
     return x, np.array([y for _, y in items], np.int64)

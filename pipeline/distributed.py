@@ -25,8 +25,8 @@ from .errors import TfkdError
 class World:
     """This process's place among the ranks (rank 0 of 1 when not launched by torchrun)."""
 
-    def __init__(self, rank=0, size=1, local_rank=0):
-        self.rank, self.size, self.local_rank = rank, size, local_rank
+    def __init__(self, rank=0, size=1):
+        self.rank, self.size = rank, size
 
     @property
     def is_main(self):
@@ -130,7 +130,7 @@ def init(device_name="auto"):
     if not dist.is_initialized():
         dist.init_process_group("nccl" if want_cuda else "gloo", rank=rank, world_size=size,
                                 device_id=device if want_cuda else None)
-    _WORLD = World(rank, size, local_rank)
+    _WORLD = World(rank, size)
     return device
 
 

@@ -3,3 +3,9 @@
 
 class TfkdError(Exception):
     """A problem with the user's input or environment; the message names the culprit and the fix."""
+
+
+def one_line(e, limit=200):
+    """An exception as 'Type: message' on one line, cut at `limit` characters: a quotable cause
+    inside a TfkdError (tracebacks and multi-line messages from libraries would break the line)."""
+    return f"{type(e).__name__}: {' '.join(str(e).split())}"[:limit]

@@ -1,63 +1,55 @@
 """`tfkd report`: every experiment of params.yaml beside the paper's number, as runs/results.md,
 runs/results.json (dvc metrics) and runs/results.png.
 
-Reads params.yaml with plain yaml and runs/<exp>.json / .tsv as `stages.write_summary` wrote them;
-imports neither torch nor pipeline.config, so it runs anywhere matplotlib does.
+Reads params.yaml through config.Params (each entry's own settings, its overrides included) and
+runs/<exp>.json / .tsv through layout (the schema write_summary writes); imports no torch.
 """
-import csv
 import datetime
+import itertools
 import json
 import math
 import os
 import statistics
 
-import yaml
-
-from . import paper
-from .errors import TfkdError
+from . import layout, paper
+from .config import Params
 from .files import atomic_path, write_text
 
-PAPER_SETTING = {"dataset": "cifar100", "epochs": 200, "width": 1.0}
-NUM_CLASSES = {"embedded": 20, "cifar100": 100, "cifar10": 10, "tinyimagenet": 200}
+PAPER_SETTING = {"dataset": "cifar100", "epochs": 200, "width": 1.0, "num_classes": 100}
+COMPARED = ("dataset", "epochs", "width", "loss_form", "cache_policy")  # decide comparability
 DASH = "—"
 
 
-def load_params(path):
-    try:
-        with open(path) as f:
-            return yaml.safe_load(f) or {}
-    except FileNotFoundError:
-        raise TfkdError(f"{path} not found: run from the project root or pass --params PATH")
+def setting(params):
+    """The active profile's name and its settings that decide comparability (defaults < profile)."""
+    common = params.common()
+    return {"profile": params.profile_name, **{k: getattr(common, k) for k in COMPARED},
+            "seeds": params.seeds, "only": params.profile.get("only"), "profile_note": params.profile.get("note")}
 
 
-def setting(raw):
-    """The active profile's name and the settings that decide comparability (defaults < profile)."""
-    name = raw.get("profile", "smoke")
-    prof = (raw.get("profiles") or {}).get(name)
-    if prof is None:
-        raise TfkdError(f"params.yaml: profile {name!r} is not in profiles")
-    merged = {**PAPER_SETTING, "loss_form": "reference", **(raw.get("defaults") or {})}
-    merged.update({k: prof[k] for k in ("dataset", "epochs", "width") if k in prof})
-    return {"profile": name, "dataset": merged["dataset"], "epochs": merged["epochs"],
-            "width": float(merged["width"]), "loss_form": merged["loss_form"],
-            "seeds": list(raw.get("seeds", [230])), "only": prof.get("only")}
-
-
-def not_comparable(s):
-    """Why the active profile's numbers cannot be set beside the paper's; None if they can."""
+def not_comparable(s, num_classes=None):
+    """Why the active profile's numbers cannot be set beside the paper's; None if they can.
+    `num_classes`: the dataset's class count where a measured run says it."""
     why = []
-    if s["dataset"] != "cifar100":
-        k = NUM_CLASSES.get(s["dataset"])
-        why.append(f"dataset `{s['dataset']}`" + (f" has K={k} classes" if k else "")
+    if s["dataset"] != PAPER_SETTING["dataset"]:
+        why.append(f"dataset `{s['dataset']}`" + (f" has K={num_classes} classes" if num_classes else "")
                    + " (the paper: full CIFAR-100, K=100)")
-        if s["loss_form"] == "reference" and k != 100:
+        if s["loss_form"] == "reference" and num_classes != 100:
             why.append("the reference's KL loss is averaged over batch x K classes, so a different K "
                        "rescales the KD / reg terms: even the losses differ")
     if s["epochs"] != PAPER_SETTING["epochs"]:
         why.append(f"{s['epochs']} epochs (the paper: 200)")
     if s["width"] != PAPER_SETTING["width"]:
         why.append(f"width x{s['width']:g} (the paper: full-size models)")
+    if s["cache_policy"] == "clean":
+        why.append("clean caches: the teacher's logits of the un-augmented images, not of each view the "
+                   "student sees (the reference ran its teacher online)")
     return "; ".join(why) or None
+
+
+def own_settings(cfg, s):
+    """An entry's settings that differ from its profile's (its own epochs, loss_form ...), in words."""
+    return ", ".join(f"its own {k} {getattr(cfg, k)} (profile: {s[k]})" for k in COMPARED if getattr(cfg, k) != s[k])
 
 
 def mean_std(values):
@@ -67,49 +59,23 @@ def mean_std(values):
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
 
 
-def read_run(runs_dir, name, role="train"):
-    """runs/<name>.json as stages.write_summary wrote it; None if absent; one line naming it if damaged."""
-    path = os.path.join(runs_dir, f"{name}.json")
-    if not os.path.exists(path):
-        return None
-    try:
-        with open(path) as f:
-            run = json.load(f)
-    except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError is a ValueError
-        why = f"{e.msg} at line {e.lineno}" if isinstance(e, json.JSONDecodeError) else type(e).__name__
-        run = why
-    if not isinstance(run, dict):
-        why = run if isinstance(run, str) else f"holds a {type(run).__name__}, not a summary"
-        raise TfkdError(f"{path} is truncated or not a run summary ({why}): rerun 'tfkd {role} {name}' "
-                        f"to rewrite it, or delete it to report the experiment as not run")
-    return run
-
-
 def read_curve(runs_dir, name):
     """Seed-mean test accuracy per epoch from runs/<name>.tsv: ([epochs], [acc]); empty if none."""
-    path = os.path.join(runs_dir, f"{name}.tsv")
-    if not os.path.exists(path):
-        return [], []
     by_epoch = {}
-    with open(path) as f:
-        for row in csv.DictReader(f, delimiter="\t"):
-            by_epoch.setdefault(int(row["epoch"]), []).append(float(row["test_acc"]))
+    for row in layout.read_history(os.path.join(runs_dir, f"{name}.tsv")):
+        by_epoch.setdefault(row["epoch"], []).append(row["test_acc"])
     epochs = sorted(by_epoch)
     return epochs, [statistics.fmean(by_epoch[e]) for e in epochs]
 
 
 def read_partial(runs_dir, name, seeds):
     """(epochs done, best test top-1 so far) of an unfinished run: the furthest of its seeds'
-    runs/<name>/s<seed>/history.tsv (written every epoch); None when none has an epoch yet."""
+    history.tsv (written every epoch); None when none has an epoch yet."""
     best = None
     for seed in seeds:
-        path = os.path.join(runs_dir, name, f"s{seed}", "history.tsv")
-        if not os.path.exists(path):
-            continue
-        with open(path) as f:
-            rows = list(csv.DictReader(f, delimiter="\t"))
+        rows = layout.read_history(os.path.join(layout.run_dir(name, seed, runs_dir), "history.tsv"))
         if rows and (best is None or len(rows) > best[0]):
-            best = (len(rows), max(float(r["test_acc"]) for r in rows))
+            best = (len(rows), max(r["test_acc"] for r in rows))
     return best
 
 
@@ -119,42 +85,40 @@ def _sub(a, b):
 
 def build_report(params_path="params.yaml", runs_dir="runs"):
     """Every experiment of params.yaml as a row: ours (best, final), the paper's, and the gains."""
-    raw = load_params(params_path)
-    s = setting(raw)
-    entries = [(name, role, entry or {}) for role in ("train", "distill")
-               for name, entry in (raw.get(role) or {}).items()]
+    params = Params.load(params_path)
+    s = setting(params)
+    entries = [(name, params.config(name, params.seeds[0])) for name in params.experiments()]
     # A model's baseline: its plain cross-entropy train entry (base_<model> in the real matrix).
     baseline = {}
-    for name, role, entry in entries:
-        if role == "train" and entry.get("method", "ce") == "ce":
-            baseline.setdefault(entry.get("model"), name)
+    for name, cfg in entries:
+        if cfg.role == "train" and cfg.method == "ce":
+            baseline.setdefault(cfg.model, name)
 
-    rows = {}
-    for name, role, entry in entries:
-        model = entry.get("model")
-        run = read_run(runs_dir, name, role) or {}
-        seeds = {k: v for k, v in (run.get("seeds") or {}).items() if v.get("best_top1") is not None}
+    rows, num_classes = {}, None
+    for name, cfg in entries:
+        fix = (f"rerun 'tfkd {cfg.role} {name}' to rewrite it, or delete it to report the experiment as not run")
+        run = layout.read_summary(os.path.join(runs_dir, f"{name}.json"), fix) or {}
+        seeds = {k: v for k, v in run["seeds"].items() if v.get("best_top1") is not None} if run else {}
+        num_classes = num_classes or (run.get("num_classes") if seeds else None)
         best, best_std = mean_std([v["best_top1"] for v in seeds.values()])
         final, final_std = mean_std([v["final_top1"] for v in seeds.values()])
-        selected = s["only"] is None or name in s["only"]
-        status = "measured" if seeds else "not run" if selected else f"skipped by profile {s['profile']}"
+        status = "measured" if seeds else "not run" if params.selected(name) else f"skipped by profile {s['profile']}"
         ptop1, pstd = paper.paper_top1(name)
-        notes = [n for n in (entry.get("note"), paper.NOTES.get(name)) if n]
+        notes = [n for n in (own_settings(cfg, s), cfg.note, paper.NOTES.get(name)) if n]
         partial = None if seeds else read_partial(runs_dir, name, s["seeds"])
-        if partial:  # cut short (e.g. by a GPU lease): shown as unfinished, never as a result
-            status = f"partial: {partial[0]}/{s['epochs']} epochs"
+        if partial:  # cut short (e.g. by a time cap): shown as unfinished, never as a result
+            status = f"partial: {partial[0]}/{cfg.epochs} epochs"
             notes.insert(0, f"best so far {partial[1]:.2f} after {partial[0]} epochs: not a result")
         if seeds and (run.get("profile"), run.get("dataset")) != (s["profile"], s["dataset"]):
             notes.insert(0, f"run under profile {run.get('profile')} on {run.get('dataset')}")
         rows[name] = {
-            "table": paper.table_of(name), "role": role, "model": model,
-            "method": entry.get("method", "kd" if role == "distill" else "ce"),
-            "teacher": entry.get("teacher"), "status": status, "n_seeds": len(seeds),
-            "epochs_done": partial[0] if partial else None,
+            "table": paper.table_of(name), "role": cfg.role, "model": cfg.model, "method": cfg.method,
+            "teacher": cfg.teacher or None, "status": status, "n_seeds": len(seeds),
+            "epochs": cfg.epochs, "epochs_done": partial[0] if partial else None,
             "best_top1": best, "best_top1_std": best_std, "final_top1": final, "final_top1_std": final_std,
             "paper_top1": ptop1, "paper_top1_std": pstd, "best_minus_paper": _sub(best, ptop1),
-            "baseline": None if name == baseline.get(model) else baseline.get(model),
-            "paper_gain": paper.paper_gain(name, model), "note": "; ".join(notes),
+            "baseline": None if name == baseline.get(cfg.model) else baseline.get(cfg.model),
+            "paper_gain": paper.paper_gain(name, cfg.model), "note": "; ".join(notes),
         }
     for row in rows.values():  # second pass: the baselines' numbers are all known now
         base = rows.get(row["baseline"]) or {}
@@ -163,7 +127,7 @@ def build_report(params_path="params.yaml", runs_dir="runs"):
 
     measured = [n for n, r in rows.items() if r["status"] == "measured"]
     return {"generated": datetime.datetime.now().isoformat(timespec="seconds"), **s,
-            "paper_setting": PAPER_SETTING, "not_comparable": not_comparable(s),
+            "paper_setting": PAPER_SETTING, "not_comparable": not_comparable(s, num_classes),
             "measured": len(measured), "missing": len(rows) - len(measured),
             "missing_experiments": [n for n in rows if n not in measured], "experiments": rows}
 
@@ -190,6 +154,8 @@ def markdown(s):
              f"Profile **{s['profile']}**: dataset `{s['dataset']}`, {s['epochs']} epochs, width x{s['width']:g}, "
              f"seeds {s['seeds']}. Generated {s['generated']}. "
              f"{s['measured']} experiments measured, {s['missing']} not yet.", ""]
+    if s["profile_note"]:
+        lines += [f"Profile {s['profile']}: {s['profile_note']}.", ""]
     if s["not_comparable"]:
         lines += [f"> **These numbers are NOT comparable with the paper.** {s['not_comparable'][0].upper()}"
                   f"{s['not_comparable'][1:]}. They check that the pipeline runs; the paper column is context only.", ""]
@@ -213,7 +179,7 @@ def markdown(s):
     cut = [n for n in s["missing_experiments"] if s["experiments"][n]["epochs_done"]]
     if cut:  # the actionable ones first: the active profile should have run them
         lines.append(f"- in profile {s['profile']}, unfinished (rerun to resume): " + ", ".join(
-            f"`{n}` ({s['experiments'][n]['epochs_done']}/{s['epochs']} epochs)" for n in cut))
+            f"`{n}` ({s['experiments'][n]['epochs_done']}/{s['experiments'][n]['epochs']} epochs)" for n in cut))
     if todo:
         lines.append(f"- in profile {s['profile']}, not run yet: " + ", ".join(f"`{n}`" for n in todo))
     todo += cut
@@ -248,7 +214,7 @@ def plot(rep, runs_dir, path):
     for i, model in enumerate(models):
         ax = fig.add_subplot(gs[i // 2, i % 2])
         # One colour per line (a model has at most 10 methods); the line style tells the paper table.
-        others = iter(f"C{k}" for k in range(99))
+        others = itertools.cycle(f"C{k}" for k in range(10))  # matplotlib's default colour cycle
         for n in curves:
             if rows[n]["model"] == model:
                 base = rows[n]["baseline"] is None

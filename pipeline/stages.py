@@ -3,35 +3,42 @@ import json
 import os
 
 from . import cache, checkpoint, data as datasets, distributed
+from .checkpoint import RunDir
 from .config import identity_change
 from .errors import TfkdError
 from .layout import cache_path, prepared_path, run_dir, skip, write_summary  # noqa: F401 (re-exported)
-from .train import DeviceData, RunDir, fit
+from .train import DeviceData, evaluate, fit
 
 
 def load_data(dataset):
     return datasets.load(prepared_path(dataset))
 
 
-def train(params, name, seeds, device, overwrite=False, log=print, sync_bn=False, graph=None, compile=None):
+def each_seed(params, name, seeds, device):
+    """(config, device-resident dataset) of experiment `name` for each seed, the data loaded once."""
+    ddata = None
+    for seed in seeds or params.seeds:
+        cfg = params.config(name, seed)
+        if ddata is None:
+            ddata = DeviceData(load_data(cfg.dataset), device)
+        yield cfg, ddata
+
+
+def run_experiment(params, name, seeds, device, overwrite=False, log=print, sync_bn=False, graph=None, compile=None):
     """Train experiment `name` (a train or distill entry) for each seed; distill reads its cache."""
     world = distributed.current()
     log = world.quiet(log)
     if skip(params, name, log):
         return []
-    results, ddata = [], None
-    for seed in seeds or params.seeds:
-        cfg = params.run(name, seed)
-        if ddata is None:
-            ddata = DeviceData(load_data(cfg.dataset), device)
-        teacher, upstream = None, None
+    results = []
+    for cfg, ddata in each_seed(params, name, seeds, device):
+        seed, teacher, upstream = cfg.seed, None, None
         if cfg.role == "distill":
             path = cache_path(name, seed)
             cache.read_attrs(path)  # a missing cache is named as one, before its teacher
-            ckpt_path, tcfg = teacher_checkpoint(params, cfg)
-            logits, attrs = cache.load(path, ddata.data, cfg.cache_policy, ddata.data.num_classes, cfg.run_key,
-                                   cfg.epochs, cfg.aug_spec, teacher_attrs(ckpt_path, tcfg, ddata.data),
-                                   fix=f"rerun tfkd cache {name}")
+            ckpt_path, tcfg = teacher_checkpoint_path(params, cfg)
+            logits, attrs = cache.load(path, ddata.data, cfg.cache_policy, cfg.run_key, cfg.epochs, cfg.aug_spec,
+                                       teacher_attrs(ckpt_path, tcfg, ddata.data), fix=f"rerun tfkd cache {name}")
             teacher = cache.CacheTeacher(logits, device)
             upstream = {"teacher_checkpoint": attrs["checkpoint_sha256"]}  # a retrained teacher: redo
         results.append(fit(cfg, ddata, run_dir(name, seed), device, teacher, overwrite, log,
@@ -42,9 +49,9 @@ def train(params, name, seeds, device, overwrite=False, log=print, sync_bn=False
     return results
 
 
-def teacher_checkpoint(params, cfg):
+def teacher_checkpoint_path(params, cfg):
     """The checkpoint file a distill run's teacher entry names, and how it was chosen."""
-    tcfg = params.run(cfg.teacher, cfg.seed)
+    tcfg = params.config(cfg.teacher, cfg.seed)
     choice = str(cfg.teacher_checkpoint)
     folder = run_dir(cfg.teacher, cfg.seed)
     if choice == "best":
@@ -64,13 +71,10 @@ def make_cache(params, name, seeds, device, log=print, graph=None, compile=None)
         raise TfkdError(f"{name} is a train experiment; 'tfkd cache' takes a distill experiment")
     if skip(params, name, log, "cache"):
         return []
-    paths, ddata = [], None
-    for seed in seeds or params.seeds:
-        cfg = params.run(name, seed)
-        ckpt_path, tcfg = teacher_checkpoint(params, cfg)
-        if ddata is None:
-            ddata = DeviceData(load_data(cfg.dataset), device)
-        data = ddata.data
+    paths = []
+    for cfg, ddata in each_seed(params, name, seeds, device):
+        seed, data = cfg.seed, ddata.data
+        ckpt_path, tcfg = teacher_checkpoint_path(params, cfg)
         teacher_ready(cfg, ckpt_path, tcfg, data)
         model, ckpt = checkpoint.load_model(ckpt_path, tcfg.model, tcfg.width, data.num_classes, data.channels)
         if ckpt.get("dataset_fingerprint", data.fingerprint) != data.fingerprint:
@@ -94,7 +98,7 @@ def make_cache(params, name, seeds, device, log=print, graph=None, compile=None)
             log(f"[{name} s{seed}] cache up to date: {out}")
         else:
             attrs = describe_teacher(model.to(device), ddata, ckpt_path, ckpt, tcfg.model, tcfg.width,
-                                     str(cfg.teacher_checkpoint), seed, cfg.to_dict())
+                                     str(cfg.teacher_checkpoint), seed, cfg.to_dict(), cfg.eval_batch_size)
             log(f"[{name} s{seed}] caching {tcfg.model} ({ckpt_path}, test {attrs['teacher_test_acc']:.2f}%) "
                 f"-> {out} [{cfg.cache_policy}]")
             cache.write(out, model, ddata, cfg.cache_policy, attrs, cfg.run_key, cfg.epochs, cfg.aug_spec, log=log,
@@ -103,9 +107,9 @@ def make_cache(params, name, seeds, device, log=print, graph=None, compile=None)
     return paths
 
 
-def describe_teacher(model, ddata, ckpt_path, ckpt, model_name, width, choice, seed, params_dict):
-    from .train import evaluate
-    _, acc = evaluate(model, ddata, 1000)
+def describe_teacher(model, ddata, ckpt_path, ckpt, model_name, width, choice, seed, params_dict, eval_batch_size):
+    """A cache's attributes about its teacher, its test accuracy measured here (one evaluation pass)."""
+    _, acc = evaluate(model, ddata, eval_batch_size)
     return {"teacher_model": model_name, "teacher_width": float(width), "checkpoint_path": ckpt_path,
             "checkpoint_sha256": cache.sha256_file(ckpt_path), "checkpoint_epoch": int(ckpt.get("epoch", -1)),
             "checkpoint_choice": choice, "teacher_test_acc": float(acc), "seed": int(seed),

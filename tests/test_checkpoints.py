@@ -150,4 +150,4 @@ def test_a_cache_of_the_old_schema_is_refused_with_recache(project):
         f.attrs.update({"schema_version": 1, "dataset_fingerprint": ds.fingerprint, "num_classes": ds.num_classes,
                         "view_policy": "clean"})
     with pytest.raises(TfkdError, match="schema version 1.*rerun 'tfkd cache'"):
-        cache.load("old.h5", ds, "clean", ds.num_classes)
+        cache.load("old.h5", ds, "clean")

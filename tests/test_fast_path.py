@@ -19,7 +19,7 @@ from pipeline import bench, cache, capture, data as datasets
 from pipeline.cli import main
 from pipeline.config import Params
 from pipeline.errors import TfkdError
-from pipeline.train import DeviceData, fit
+from pipeline.train import DeviceData, fit, model_for
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
 needs_compiler = pytest.mark.skipif(not (shutil.which("c++") or shutil.which("g++")),
@@ -76,26 +76,31 @@ def test_compiled_step_matches_the_eager_step(project):
 
 @needs_compiler
 def test_compiled_training_run_matches_eager(project):
-    # A whole epoch through fit: full batches compiled, the last partial batch (1600 % 512) eager,
-    # evaluation, checkpoints. These tiny BatchNorm nets amplify any rounding difference within a
-    # few SGD steps (check() above compares the updates), so here the steps are too small to move
-    # the weights, and the epoch's sums and the BN statistics must agree.
+    # A whole epoch through fit at the real learning rate: full batches compiled, the last partial
+    # batch (1600 % 512) eager, evaluation, checkpoints. Compiled kernels round differently and
+    # these tiny BatchNorm nets amplify that within a few steps, so the runs are compared by how
+    # far apart they end relative to how far the weights moved: a compiled path that skipped or
+    # botched opt.step() would be as far from eager as the whole update.
     write_params("params.yaml", TINY_PARAMS.replace("epochs: 2, width: 0.125", "epochs: 1, width: 0.25")
-                 .replace("batch_size: 64", "batch_size: 512, lr: 1.0e-7"))
+                 .replace("batch_size: 64", "batch_size: 512"))
     p = Params.load("params.yaml")
-    cfg = p.run("base_resnet18", 230)
+    cfg = p.config("base_resnet18", 230)
     dd = DeviceData(datasets.load("data/prepared/embedded.npz"), CPU)
-    eager = fit(cfg, dd, "eager", CPU)
+    start = model_for(cfg, dd.data, CPU).state_dict()
+    fit(cfg, dd, "eager", CPU)
     torch._dynamo.utils.counters.clear()
-    fast = fit(cfg, dd, "fast", CPU, compile=True)
+    fit(cfg, dd, "fast", CPU, compile=True)
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 1  # the steps did run compiled
     a = torch.load("eager/last.pt", weights_only=True)
     b = torch.load("fast/last.pt", weights_only=True)
-    for name in a["model"]:
-        torch.testing.assert_close(b["model"][name], a["model"][name], rtol=1e-4, atol=1e-5, msg=name)
+    weights = [n for n, v in start.items() if v.is_floating_point() and "running" not in n]
+    moved = torch.cat([(a["model"][n] - start[n]).flatten() for n in weights]).norm()
+    apart = torch.cat([(b["model"][n] - a["model"][n]).flatten() for n in weights]).norm()
+    scale = torch.cat([start[n].flatten() for n in weights]).norm()
+    assert moved > 0.05 * scale  # the weights really moved
+    assert apart < 0.02 * moved, (apart, moved)
     assert b["model"]["bn1.num_batches_tracked"] == 4  # 3 compiled steps + the eager partial one
-    assert b["history"][0] == pytest.approx(a["history"][0], rel=1e-4)  # train/test loss and accuracy
-    assert fast["final_top1"] == eager["final_top1"]
+    assert b["history"][0][2] == pytest.approx(a["history"][0][2], rel=1e-3)  # the epoch's mean training loss
     timing = json.loads(open("fast/timing.json").read())
     assert timing["compile"] is True and timing["graph"] is False
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from conftest import TINY_PARAMS, one_line_error, tfkd, write_params
-from pipeline import data as datasets, train, version
+from pipeline import checkpoint, data as datasets, version
 
 RUN = Path("runs/base_resnet18/s230")
 
@@ -74,7 +74,7 @@ TEACHER = Path("runs/base_resnet18/s230")
 
 def fake_teacher(params, name="base_resnet18", epochs=(1, 2), seed=0, finished=True):
     """A teacher run's files as fit writes them (untrained weights: the checks need no training)."""
-    cfg = params.run(name, 230)
+    cfg = params.config(name, 230)
     ds = datasets.load("data/prepared/embedded.npz")
     torch.manual_seed(seed)
     model = build_model(cfg.model, ds.num_classes, in_channels=ds.channels, width=cfg.width)
@@ -102,7 +102,7 @@ def test_a_retrained_teacher_makes_its_cache_refused_then_recached(tiny):
     [path] = stages.make_cache(p, "kd_r18_r18_clean", [], CPU)
     fake_teacher(p, seed=1)  # retrained: other weights, same settings
     with pytest.raises(TfkdError) as e:
-        stages.train(p, "kd_r18_r18_clean", [], CPU)
+        stages.run_experiment(p, "kd_r18_r18_clean", [], CPU)
     assert str(e.value).startswith("cache/kd_r18_r18_clean/s230.h5 was made from another teacher checkpoint")
     assert str(e.value).endswith("rerun tfkd cache kd_r18_r18_clean")
     logs = []
@@ -123,7 +123,7 @@ def test_another_teacher_entry_makes_the_cache_one_line_error(tiny):
                                   "kd_r18_r18_clean: {model: resnet18, teacher: other_resnet18"))
     fake_teacher(p, "other_resnet18", seed=2)
     with pytest.raises(TfkdError, match="was made from another teacher checkpoint"):
-        stages.train(p, "kd_r18_r18_clean", [], CPU)
+        stages.run_experiment(p, "kd_r18_r18_clean", [], CPU)
 
 
 def test_an_edited_teacher_entry_is_not_cached_until_retrained(tiny):
@@ -149,7 +149,7 @@ def test_check_names_the_first_differing_attribute(tiny, tmp_path):
     """The review's dead end (a52b109 §3.1a): another augment is stale for make_cache and readers alike."""
     import h5py
     ds = datasets.load("data/prepared/embedded.npz")
-    cfg = clean_params().run("kd_r18_r18", 230)
+    cfg = clean_params().config("kd_r18_r18", 230)
     want = cache.expected(ds, "replay", cfg.run_key, 2, cfg.aug_spec, {"checkpoint_sha256": "ab" * 32})
     with h5py.File("c.h5", "w") as f:
         f.attrs.update(want)
@@ -180,7 +180,7 @@ def run_folder(tmp_path, digest="old"):
 
 def test_overwrite_deletes_only_the_files_tfkd_writes(tmp_path):
     folder = run_folder(tmp_path)
-    rd = train.RunDir(str(folder))
+    rd = checkpoint.RunDir(str(folder))
     with pytest.raises(TfkdError, match="--overwrite"):
         rd.resume_state("new", {"settings": {}, "dataset_fingerprint": "f", "results_version": 2}, overwrite=False)
     assert rd.resume_state("new", {}, overwrite=True) == (None, None)
@@ -193,7 +193,7 @@ def test_a_damaged_last_checkpoint_resumes_from_the_newest_intact_one(tmp_path):
     (folder / "epoch_0003.pt").write_bytes(b"\x00cut")
     (folder / "last.pt").write_bytes(b"\x00cut")
     logs = []
-    state, source = train.RunDir(str(folder)).resume_state("d", {}, overwrite=False, log=logs.append)
+    state, source = checkpoint.RunDir(str(folder)).resume_state("d", {}, overwrite=False, log=logs.append)
     assert source == "epoch_0002.pt" and state["epoch"] == 2
     assert len(logs) == 1 and "last.pt is damaged" in logs[0] and "resuming from epoch_0002.pt" in logs[0]
 
@@ -204,7 +204,7 @@ def test_a_damaged_last_checkpoint_and_nothing_intact_says_it_restarts(tmp_path)
     (folder / "last.pt").write_bytes(b"\x00cut")
     (folder / "epoch_0001.pt").write_bytes(b"\x00cut")
     logs = []
-    assert train.RunDir(str(folder)).resume_state("d", {}, overwrite=False, log=logs.append) == (None, None)
+    assert checkpoint.RunDir(str(folder)).resume_state("d", {}, overwrite=False, log=logs.append) == (None, None)
     assert len(logs) == 1 and "last.pt is damaged" in logs[0] and "restarts from scratch" in logs[0]
 
 
@@ -213,13 +213,13 @@ def test_a_student_follows_its_teacher_checkpoint(tiny):
     p = clean_params()
     fake_teacher(p)
     stages.make_cache(p, "kd_r18_r18_clean", [], CPU)
-    stages.train(p, "kd_r18_r18_clean", [], CPU)
+    stages.run_experiment(p, "kd_r18_r18_clean", [], CPU)
     fake_teacher(p, seed=1)  # retrained: other weights, same settings
     stages.make_cache(p, "kd_r18_r18_clean", [], CPU)
     with pytest.raises(TfkdError) as e:
-        stages.train(p, "kd_r18_r18_clean", [], CPU)
+        stages.run_experiment(p, "kd_r18_r18_clean", [], CPU)
     assert str(e.value).startswith("runs/kd_r18_r18_clean/s230 was computed from another teacher checkpoint")
     logs = []
-    [m] = stages.train(p, "kd_r18_r18_clean", [], CPU, overwrite=True, log=logs.append)
+    [m] = stages.run_experiment(p, "kd_r18_r18_clean", [], CPU, overwrite=True, log=logs.append)
     assert not any("already finished" in line for line in logs) and any("epoch 2/2" in line for line in logs)
     assert m["identity"]["teacher_checkpoint"] == cache.sha256_file(TEACHER / "epoch_0001.pt")

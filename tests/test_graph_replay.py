@@ -141,7 +141,7 @@ PARAMS = TINY_PARAMS.replace("epochs: 2", "epochs: 3").replace("  base_resnet18:
                                           ("kd_r18_r18", "cache"), ("kd_r18_r18", "online")])
 def test_training_replays_as_captured(project, monkeypatch, name, teacher):
     write_params("params.yaml", PARAMS)
-    cfg = Params.load("params.yaml").run(name, 230)
+    cfg = Params.load("params.yaml").config(name, 230)
     data = DeviceData(datasets.load("data/prepared/embedded.npz"), CPU)
     if teacher == "cache":  # a replay cache: the step looks rows up by (epoch tensor, index)
         logits = np.random.default_rng(0).standard_normal((3, len(data.y_train), 20)).astype(np.float16)
@@ -167,7 +167,7 @@ def test_training_replays_as_captured(project, monkeypatch, name, teacher):
 @pytest.mark.parametrize("policy", ["replay", "clean"])
 def test_cache_passes_replay_as_captured(project, monkeypatch, policy):
     write_params("params.yaml", PARAMS)
-    cfg = Params.load("params.yaml").run("kd_r18_r18", 230)
+    cfg = Params.load("params.yaml").config("kd_r18_r18", 230)
     data = DeviceData(datasets.load("data/prepared/embedded.npz"), CPU)
     torch.manual_seed(0)
     model = train.build_model("resnet18", 20, width=0.125)

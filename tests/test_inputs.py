@@ -154,11 +154,11 @@ def test_a_wrong_type_names_the_full_key(tiny, old, new, needle):
 
 def test_1e_minus_3_is_a_number(tiny):
     edit_params("{model: resnet18}", "{model: resnet18, lr: 1e-3, weight_decay: 5E-4, momentum: 9e-1}")
-    cfg = Params.load("params.yaml").run("base_resnet18", 230)
+    cfg = Params.load("params.yaml").config("base_resnet18", 230)
     assert (cfg.lr, cfg.weight_decay, cfg.momentum) == (0.001, 0.0005, 0.9)
-    assert Params.load("params.yaml").run("kd_r18_r18", 230).epochs == 2  # ints stay ints
+    assert Params.load("params.yaml").config("kd_r18_r18", 230).epochs == 2  # ints stay ints
     edit_params("teacher_checkpoint: one_epoch", "teacher_checkpoint: 1")  # an epoch number is fine
-    assert Params.load("params.yaml").run("kd_r18_r18_clean", 230).teacher_checkpoint == 1
+    assert Params.load("params.yaml").config("kd_r18_r18_clean", 230).teacher_checkpoint == 1
 
 
 def test_a_yaml_syntax_error_names_the_line(tiny):
@@ -275,8 +275,8 @@ def test_cache_write_checks_free_space_before_h5py_runs(project, monkeypatch):
 def test_the_cli_turns_any_enospc_under_a_stage_into_one_line(tiny, monkeypatch):
     def full(*a, **k):
         raise OSError(errno.ENOSPC, "No space left on device", "runs/base_resnet18/s230/history.tsv")
-    monkeypatch.setattr("pipeline.stages.train", full)
+    monkeypatch.setattr("pipeline.stages.run_experiment", full)
     one_line_error(*tfkd("train", "base_resnet18"), "No space left on device writing",
                    "runs/base_resnet18/s230/history.tsv", "free space and rerun")
-    monkeypatch.setattr("pipeline.stages.train", lambda *a, **k: (_ for _ in ()).throw(OSError(errno.EDQUOT, "Disk quota exceeded")))
+    monkeypatch.setattr("pipeline.stages.run_experiment", lambda *a, **k: (_ for _ in ()).throw(OSError(errno.EDQUOT, "Disk quota exceeded")))
     one_line_error(*tfkd("train", "base_resnet18"), "quota", "free space and rerun")

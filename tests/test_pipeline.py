@@ -23,13 +23,13 @@ def params(project):
 
 @pytest.fixture
 def teacher(params):
-    stages.train(params, "base_resnet18", [], CPU)
+    stages.run_experiment(params, "base_resnet18", [], CPU)
     return params
 
 
 def test_reference_schedule():
     p = Params({"profile": "x", "profiles": {"x": {"epochs": 200}}, "train": {"a": {"model": "resnet18", "batch_size": 64}}})
-    cfg = p.run("a", 230)
+    cfg = p.config("a", 230)
     assert cfg.step_lr == pytest.approx(0.05)  # lr x batch/128
     assert cfg.milestone_epochs == [60, 120, 160]
     assert cfg.save_epochs == [1, 50, 200]
@@ -40,14 +40,14 @@ def test_reference_schedule():
     assert learning_rate(cfg, 60, 0, steps) == pytest.approx(0.01)
     assert learning_rate(cfg, 120, 0, steps) == pytest.approx(0.002)
     assert learning_rate(cfg, 199, 0, steps) == pytest.approx(0.0004)
-    short = Params({"profile": "x", "profiles": {"x": {"epochs": 20}}, "train": {"a": {"model": "resnet18"}}}).run("a", 1)
+    short = Params({"profile": "x", "profiles": {"x": {"epochs": 20}}, "train": {"a": {"model": "resnet18"}}}).config("a", 1)
     assert short.milestone_epochs == [6, 12, 16]
 
 
 def test_a_tiny_model_learns_real_cifar100(project):
     write_params("params.yaml", TINY_PARAMS.replace("epochs: 2, width: 0.125", "epochs: 4, width: 0.25"))
     p = Params.load("params.yaml")
-    m = stages.train(p, "base_resnet18", [], CPU)[0]
+    m = stages.run_experiment(p, "base_resnet18", [], CPU)[0]
     assert m["num_classes"] == 20
     assert m["best_top1"] >= 20.0  # chance is 5 %
     run = "runs/base_resnet18/s230/"
@@ -62,7 +62,7 @@ def test_a_tiny_model_learns_real_cifar100(project):
 
 
 def test_clean_cache_matches_dataset_and_teacher(teacher):
-    cfg = teacher.run("kd_r18_r18_clean", 230)
+    cfg = teacher.config("kd_r18_r18_clean", 230)
     [path] = stages.make_cache(teacher, "kd_r18_r18_clean", [], CPU)
     data = stages.load_data("embedded")
     with h5py.File(path) as f:
@@ -96,12 +96,12 @@ def test_replay_cache_equals_online_teacher(teacher):
     """A student distilled from a replay cache ends with the weights of the same student trained
     with the teacher run online on the same views (its logits rounded to float16)."""
     p = teacher
-    cfg = p.run("kd_r18_r18", 230)
+    cfg = p.config("kd_r18_r18", 230)
     [path] = stages.make_cache(p, "kd_r18_r18", [], CPU)
     data = stages.load_data("embedded")
     dd = DeviceData(data, CPU)
     key = augment.run_key(230, cfg.identity)
-    logits, attrs = cache.load(path, data, "replay", 20, key, cfg.epochs, cfg.aug_spec)
+    logits, attrs = cache.load(path, data, "replay", key, cfg.epochs, cfg.aug_spec)
     assert logits.shape == (2, 1600, 20) and attrs["run_key"] == key
     fit(cfg, dd, "a", CPU, cache.CacheTeacher(logits, CPU))
     tmodel, _ = checkpoint.load_model("runs/base_resnet18/s230/epoch_0002.pt", "resnet18", cfg.width, 20, 3)
@@ -116,23 +116,33 @@ def test_replay_cache_equals_online_teacher(teacher):
 
 def test_distilled_student_learns(teacher):
     stages.make_cache(teacher, "kd_r18_r18", [], CPU)
-    [m] = stages.train(teacher, "kd_r18_r18", [], CPU)
+    [m] = stages.run_experiment(teacher, "kd_r18_r18", [], CPU)
     assert m["best_top1"] >= 12.0  # chance is 5 %, after 2 tiny epochs
     assert m["teacher"] == "base_resnet18"
 
 
-@pytest.mark.parametrize("mismatch", ["policy", "classes", "dataset", "run_key", "truncated"])
-def test_every_cache_mismatch_is_refused(teacher, mismatch, tmp_path):
+REFUSALS = {  # mismatch -> what the one-line refusal must say
+    "policy": "with view policy 'replay', this run wants 'clean'",
+    "dataset": "from other data (fingerprint",
+    "run_key": "for another student run (run key",
+    "epochs": "for 2 epochs, the run needs 3",
+    "aug_spec": "with another augmentation (",
+    "teacher": "from another teacher checkpoint (sha256",
+    "truncated": "is truncated or corrupt",
+}
+
+
+@pytest.mark.parametrize("mismatch", REFUSALS)
+def test_every_cache_mismatch_is_refused_for_its_own_reason(teacher, mismatch, tmp_path):
     p = teacher
-    cfg = p.run("kd_r18_r18", 230)
+    cfg = p.config("kd_r18_r18", 230)
     [path] = stages.make_cache(p, "kd_r18_r18", [], CPU)
     data = stages.load_data("embedded")
     key = augment.run_key(230, cfg.identity)
-    args = dict(data=data, policy="replay", num_classes=20, run_key=key, epochs=2, spec=cfg.aug_spec)
+    args = dict(data=data, policy="replay", run_key=key, epochs=2, spec=cfg.aug_spec)
+    cache.load(path, **args)  # as made, it serves the run
     if mismatch == "policy":
         args["policy"] = "clean"
-    elif mismatch == "classes":
-        args["num_classes"] = 100
     elif mismatch == "dataset":
         other = np.load("data/prepared/embedded.npz")
         from pipeline.data import build
@@ -142,10 +152,17 @@ def test_every_cache_mismatch_is_refused(teacher, mismatch, tmp_path):
                                           "y_test": other["y_test"]}, classes=list(other["classes"]))
     elif mismatch == "run_key":
         args["run_key"] = key + 1
+    elif mismatch == "epochs":
+        args["epochs"] = 3
+    elif mismatch == "aug_spec":
+        args["spec"] = augment.AugmentSpec(pad=4, flip=True, rotate=0.0)
+    elif mismatch == "teacher":
+        args["teacher"] = {"checkpoint_sha256": "0" * 64}
     else:
         raw = open(path, "rb").read()
         path = str(tmp_path / "cut.h5")
         open(path, "wb").write(raw[: len(raw) // 2])
     with pytest.raises(TfkdError) as e:
         cache.load(path, **args)
-    assert "cache" in str(e.value) and "\n" not in str(e.value)
+    assert str(e.value).startswith(f"{path} was made " if mismatch != "truncated" else f"cache {path}")
+    assert REFUSALS[mismatch] in str(e.value) and "\n" not in str(e.value)

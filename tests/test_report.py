@@ -1,6 +1,7 @@
 """`tfkd report`: numbers beside the paper's, missing runs never shown as zero, the not-comparable
 warning, the picture, the CLI. Every project lives in tmp_path with runs written by the test."""
 import json
+import shutil
 import statistics
 from pathlib import Path
 
@@ -8,8 +9,9 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from pipeline import paper
+from pipeline import layout, paper
 from pipeline.cli import main
+from pipeline.config import Params
 from pipeline.report import build_report, write_report
 
 REAL_PARAMS = Path(__file__).parents[1] / "params.yaml"
@@ -29,28 +31,26 @@ PARAMS = {
 }
 
 
-def write_run(runs, name, seeds, epochs=3, profile="smoke", dataset="embedded"):
-    """runs/<name>.json and .tsv as stages.write_summary writes them; seeds: {seed: (best, final)}."""
-    runs.mkdir(exist_ok=True)
-    summary = {"experiment": name, "profile": profile, "dataset": dataset,
-               "seeds": {str(s): {"best_top1": b, "final_top1": f} for s, (b, f) in seeds.items()}}
-    (runs / f"{name}.json").write_text(json.dumps(summary))
-    rows = ["seed\tepoch\tlr\ttrain_loss\ttrain_acc\ttest_loss\ttest_acc"]
-    rows += [f"{s}\t{e}\t0.1\t1.0\t50\t1.0\t{b * e / epochs}" for s, (b, _) in seeds.items()
-             for e in range(1, epochs + 1)]
-    (runs / f"{name}.tsv").write_text("\n".join(rows) + "\n")
+def write_run(name, seeds, epochs=3):
+    """What a finished run leaves (runs/<name>/s<seed>/metrics.json and history.tsv, test accuracy
+    rising linearly to `best`), summarised by layout.write_summary: the writer the report reads."""
+    for seed, (best, final) in seeds.items():
+        folder = Path(layout.run_dir(name, seed))
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "metrics.json").write_text(json.dumps({"best_top1": best, "final_top1": final, "num_classes": 20}))
+        layout.write_history(str(folder / "history.tsv"),
+                             [[e, 0.1, 1.0, 50.0, 1.0, best * e / epochs] for e in range(1, epochs + 1)])
+    layout.write_summary(Params.load("params.yaml"), name, list(seeds))
 
 
 @pytest.fixture
 def project(tmp_path, monkeypatch):
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(PARAMS))
-    write_run(tmp_path / "runs", "base_resnet18", {1: (76.00, 75.50)})
-    write_run(tmp_path / "runs", "base_mobilenetv2", {1: (68.00, 67.00)})
-    write_run(tmp_path / "runs", "kd_resnet18_mobilenetv2", {1: (71.00, 70.00), 2: (71.40, 70.80)})
-    # lsr_resnet18 was skipped: a summary with no seeds and None values, as write_summary leaves it
-    (tmp_path / "runs" / "lsr_resnet18.json").write_text(json.dumps(
-        {"experiment": "lsr_resnet18", "seeds": {}, "best_top1": None, "final_top1": None}))
     monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(PARAMS))
+    write_run("base_resnet18", {1: (76.00, 75.50)})
+    write_run("base_mobilenetv2", {1: (68.00, 67.00)})
+    write_run("kd_resnet18_mobilenetv2", {1: (71.00, 70.00), 2: (71.40, 70.80)})
+    write_run("lsr_resnet18", {})  # no finished seed: a summary without seeds, as a skipped stage leaves it
     return tmp_path
 
 
@@ -95,6 +95,7 @@ def test_profile_skip_and_no_json(project):
     raw = dict(PARAMS, profiles={"smoke": dict(PARAMS["profiles"]["smoke"], only=["base_resnet18"])})
     (project / "params.yaml").write_text(yaml.safe_dump(raw))
     (project / "runs" / "base_mobilenetv2.json").unlink()
+    shutil.rmtree(project / "runs" / "base_mobilenetv2")
     rows = build_report()["experiments"]
     assert rows["base_mobilenetv2"]["status"] == "skipped by profile smoke"
     assert rows["kd_resnet18_mobilenetv2"]["baseline_best_top1"] is None  # its baseline is gone
@@ -161,3 +162,17 @@ def test_an_unfinished_run_shows_its_progress_never_as_a_result(project):
     md = Path(rep["paths"]["md"]).read_text()
     assert "unfinished (rerun to resume): `lsr_resnet18` (2/3 epochs)" in md
     assert rep["missing_experiments"] == ["lsr_resnet18"]
+
+
+def test_an_entry_with_its_own_settings_is_reported_with_them(project):
+    """params.yaml is read through config: an entry's own epochs or loss_form are its row's."""
+    raw = dict(PARAMS, train=dict(PARAMS["train"], lsr_resnet18={"model": "resnet18", "method": "lsr",
+                                                                 "epochs": 5, "loss_form": "paper"}))
+    (project / "params.yaml").write_text(yaml.safe_dump(raw))
+    folder = project / "runs" / "lsr_resnet18" / "s1"
+    folder.mkdir(parents=True)
+    layout.write_history(str(folder / "history.tsv"), [[1, 0.1, 4.0, 5.0, 4.1, 6.5]])
+    row = build_report()["experiments"]["lsr_resnet18"]
+    assert row["epochs"] == 5 and row["status"] == "partial: 1/5 epochs"
+    assert "its own epochs 5 (profile: 3), its own loss_form paper (profile: reference)" in row["note"]
+    assert build_report()["experiments"]["base_resnet18"]["epochs"] == 3
