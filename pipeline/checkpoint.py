@@ -7,7 +7,8 @@ reference code's own (models/):
     the reference's  {'state_dict': state_dict, 'optim_dict', 'epoch'} (its .pth.tar files)
     a plain state_dict
 in either torch format (zip, or the legacy one torch <= 1.5 wrote), keys with or without the
-'module.' prefix nn.DataParallel / DistributedDataParallel adds.
+'module.' prefix nn.DataParallel / DistributedDataParallel adds. A torchvision weights file is a
+plain state_dict of a tv_* model (models/imagenet.py).
 """
 import json
 import os
@@ -19,8 +20,12 @@ import torch
 from .config import identity_change
 from .errors import TfkdError
 from .files import atomic_path
-from .models import MODELS, build_model
+from .models import MODELS, TORCHVISION, build_model
 from .version import RESULTS_VERSION
+
+# torchvision's published DenseNet weights name 'norm.1' what its DenseNet calls 'norm1' (torchvision
+# renames them when it loads that file itself); renamed here too, so that file loads as it is.
+TORCHVISION_DENSENET_KEY = re.compile(r"(denselayer\d+\.(?:norm|conv))\.([12])\.")
 
 
 def read(path):
@@ -47,7 +52,8 @@ def model_state(ckpt):
     state = ckpt.get("model", ckpt.get("state_dict", ckpt))
     if not isinstance(state, dict):
         return {}
-    return {k.removeprefix("module."): v for k, v in state.items() if torch.is_tensor(v)}
+    return {TORCHVISION_DENSENET_KEY.sub(r"\1\2.", k.removeprefix("module.")): v
+            for k, v in state.items() if torch.is_tensor(v)}
 
 
 def describe(ckpt):
@@ -56,14 +62,18 @@ def describe(ckpt):
         return (f"{ckpt['model_name']} (width {ckpt.get('width')}, {ckpt.get('num_classes')} classes, "
                 f"{ckpt.get('in_channels')} input channels)")
     state = model_state(ckpt)
-    for name in sorted(MODELS):  # the architecture whose key list it has; then its sizes from the shapes
-        probe = build_model(name, 10)
-        reference = probe.state_dict()
-        if list(reference) == list(state):
-            stem = next(k for k, v in reference.items() if v.dim() == 4)
-            width = state[stem].shape[0] / reference[stem].shape[0]
-            classes = state[f"{probe.classifier_name}.weight"].shape[0]
-            return f"{name} (width ~{width:.3g}, {classes} classes, {state[stem].shape[1]} input channels)"
+    shapes = [v.shape for v in state.values()]
+    for name in sorted(MODELS) + sorted(TORCHVISION):  # the architecture whose key list it has; then its sizes
+        with torch.device("meta"):  # keys and shapes only: no memory, no initialisation (ResNeXt101's takes ~1 s)
+            reference = build_model(name, 10).state_dict()
+        if list(reference) != list(state):
+            continue
+        if name in TORCHVISION and [v.shape for v in reference.values()][:-2] != shapes[:-2]:
+            continue  # one width: all but the classifier's shapes are its own (tv_resnet101 has tv_resnext101's keys)
+        stem = next(k for k, v in reference.items() if v.dim() == 4)
+        width = state[stem].shape[0] / reference[stem].shape[0]
+        classes = shapes[-1][0]  # every zoo model's last entry is its classifier's bias
+        return f"{name} (width ~{width:.3g}, {classes} classes, {state[stem].shape[1]} input channels)"
     keys = list(state)
     return f"no model of the zoo (keys {keys[0]!r} ... {keys[-1]!r})" if keys else "no weights"
 

@@ -24,9 +24,10 @@ RESULTS_GLOBS = ("pipeline/models/*.py", "pipeline/losses.py", "pipeline/augment
 RESULTS_FILES = {
     'pipeline/augment.py': 'f51944a1f82a',
     'pipeline/losses.py': '3228c854bb79',
-    'pipeline/models/__init__.py': '8dbb98821f1a',
+    'pipeline/models/__init__.py': 'ddbf2e6d4c0d',
     'pipeline/models/densenet.py': '827d6eab3d3c',
     'pipeline/models/googlenet.py': '06e30f4fc467',
+    'pipeline/models/imagenet.py': '05455bc31373',
     'pipeline/models/layers.py': '2ab13230f7bc',
     'pipeline/models/mobilenetv2.py': '9b6c0f021415',
     'pipeline/models/resnet.py': '9def6caf23e7',
