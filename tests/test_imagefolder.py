@@ -118,6 +118,8 @@ def test_fingerprint_is_stable_and_sees_what_its_docstring_claims(tree, tmp_path
     base = fp(tree, tmp_path)
     assert fp(tree, tmp_path, "again.json") == base
     moved = copy_of(tree, tmp_path)  # other place, other mtimes: the same data
+    (moved / "train" / "apple" / "._00000.jpg").write_bytes(b"macOS metadata")  # hidden: skipped
+    (moved / "val" / "bed" / "README.txt").write_text("not an image suffix: skipped")
     assert fp(moved, tmp_path) == base
     listed = load_index(tmp_path / "i.json")
     paths = listed.train.paths.tolist() + listed.val.paths.tolist()
