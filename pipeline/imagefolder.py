@@ -468,8 +468,11 @@ def index_command(root, out, sample):
 @click.option("--batch-size", default=64, show_default=True)
 @click.option("--steps", default=20, show_default=True)
 @click.option("--split", type=click.Choice(SPLITS), default="train", show_default=True)
-def throughput_command(index_path, workers, size, resize, batch_size, steps, split):
+@click.option("--threads", type=int, default=None, help="torch threads of this process (workers use 1 each).")
+def throughput_command(index_path, workers, size, resize, batch_size, steps, split, threads):
     """Images/s of the loader over INDEX_PATH's images, one JSON line per worker count."""
+    if threads:
+        torch.set_num_threads(threads)
     index = load_index(index_path)
     for w in workers:
         click.echo(json.dumps(throughput(index, w, batch_size, steps, size, resize, split)))
