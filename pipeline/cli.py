@@ -99,7 +99,7 @@ def _device(name):
 
 @main.command()
 @click.argument("kind", required=False)
-@click.option("--source", type=click.Path(), help="npz file, Tiny-ImageNet folder or download folder.")
+@click.option("--source", type=click.Path(), help="npz file, Tiny-ImageNet folder, ImageFolder tree or download folder.")
 @click.option("--name", help="Name of the prepared dataset (default: KIND), e.g. cifar100 for an npz import.")
 @click.option("--out", type=click.Path(dir_okay=False), help="Output file (default data/prepared/NAME.npz).")
 @click.option("--overwrite", is_flag=True, help="Replace a file at --out that is not a prepared dataset.")
@@ -110,9 +110,23 @@ def prepare(kind, source, name, out, overwrite, params_path):
     \b
     KIND: embedded (the committed CIFAR-100 subset), cifar100, cifar10 (torchvision download),
     npz (--source FILE with x_train, y_train, x_test, y_test), tinyimagenet (--source the
-    tiny-imagenet-200 folder as distributed). Without KIND: the active profile's dataset.
+    tiny-imagenet-200 folder as distributed), imagefolder (--source a tree of train/ and val/, one
+    folder per class, e.g. ImageNet: indexed, not copied, into data/prepared/NAME.index.json; its
+    images are streamed from there). Without KIND: the active profile's dataset.
     Offline CIFAR-100:  tfkd prepare npz --source cifar100.npz --name cifar100
+    ImageNet:           tfkd prepare imagefolder --source /data/imagenet --name imagenet
     """
+    if kind == "imagefolder":
+        from . import imagefolder
+        if not source:
+            raise TfkdError("tfkd prepare imagefolder needs --source ROOT (with train/ and val/ inside)")
+        out = out or layout.index_path(name or "imagefolder")
+        if os.path.exists(out) and not overwrite:
+            raise TfkdError(f"{out} exists; pass --overwrite to index {source} again")
+        info = imagefolder.index_tree(source, out)
+        click.echo(f"indexed {source}: {info['train']} train / {info['val']} val images, {info['classes']} classes, "
+                   f"fingerprint {info['fingerprint'][:12]} -> {out}")
+        return
     from . import data
     if kind is None:
         p = _params(params_path)
@@ -238,6 +252,30 @@ def distill(experiment, seeds, params_path, device, overwrite, sync_bn, graph, c
     Data-parallel like train: torchrun --nproc_per_node N -m pipeline distill EXPERIMENT
     """
     _run_experiment("distill", experiment, seeds, params_path, device, overwrite, sync_bn, graph, compile)
+
+
+@main.command("bench-loader")
+@click.argument("index_path", type=click.Path(dir_okay=False))
+@click.option("--workers", type=int, multiple=True, default=(0, 1, 2), show_default=True,
+              help="DataLoader worker counts to measure (repeatable).")
+@click.option("--size", default=224, show_default=True, help="Crop size of the views.")
+@click.option("--resize", default=256, show_default=True, help="Shorter side before the centre crop (val).")
+@click.option("--batch-size", default=64, show_default=True)
+@click.option("--steps", default=20, show_default=True, help="Timed batches, after a first one timed apart.")
+@click.option("--split", type=click.Choice(("train", "val")), default="train", show_default=True)
+@click.option("--threads", type=int, default=None,
+              help="torch threads of this process (workers use 1 each; with 0 workers use 1).")
+def bench_loader(index_path, workers, size, resize, batch_size, steps, split, threads):
+    """Images/s of the streaming ImageFolder loader (decode + view, CPU) over INDEX_PATH, one JSON
+    line per worker count (see BENCHMARKS.md)."""
+    import json
+    import torch
+    from . import imagefolder
+    if threads:
+        torch.set_num_threads(threads)
+    index = imagefolder.load_index(index_path)
+    for w in workers:
+        click.echo(json.dumps(imagefolder.throughput(index, w, batch_size, steps, size, resize, split)))
 
 
 @main.command("stages")

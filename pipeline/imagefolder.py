@@ -29,14 +29,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple, Optional
 
-import click
 import numpy as np
 import torch
 from torchvision.io import ImageReadMode, decode_image, decode_jpeg, read_file
 from torchvision.transforms.v2 import functional as F
 
 from . import augment
-from .cli import Group
 from .distributed import World
 from .errors import TfkdError
 from .files import write_text
@@ -55,7 +53,7 @@ STREAMS = CROP + 4 * ATTEMPTS
 
 
 def _reindex(root="ROOT", out="INDEX"):
-    return f"'python -m pipeline.imagefolder index {root} --out {out}'"
+    return f"'tfkd prepare imagefolder --source {root} --out {out}'"
 
 
 # ---- the index ------------------------------------------------------------------------------------
@@ -442,41 +440,3 @@ def throughput(index, workers, batch_size=64, steps=20, size=224, resize=256, sp
     return {"workers": workers, "batch_size": batch_size, "steps": steps, "size": size, "images": images,
             "startup_s": round(t1 - t0, 3), "seconds": round(t2 - t1, 3),
             "images_per_s": round(images / (t2 - t1), 1), "torch_threads": torch.get_num_threads()}
-
-
-# ---- python -m pipeline.imagefolder ---------------------------------------------------------------
-
-@click.group(cls=Group)
-def main():
-    """Index an ImageFolder tree; measure the loader's throughput."""
-
-
-@main.command("index")
-@click.argument("root")
-@click.option("--out", required=True, help="The index file to write (JSON).")
-@click.option("--sample", default=SAMPLE, show_default=True, help="Files whose bytes the fingerprint hashes.")
-def index_command(root, out, sample):
-    """Index ROOT (train/ and val/, one folder per class)."""
-    click.echo(json.dumps(index_tree(root, out, sample)))
-
-
-@main.command("throughput")
-@click.argument("index_path")
-@click.option("--workers", type=int, multiple=True, default=(0, 1, 2), show_default=True)
-@click.option("--size", default=224, show_default=True, help="Crop size of the views.")
-@click.option("--resize", default=256, show_default=True, help="Shorter side before the centre crop (val).")
-@click.option("--batch-size", default=64, show_default=True)
-@click.option("--steps", default=20, show_default=True)
-@click.option("--split", type=click.Choice(SPLITS), default="train", show_default=True)
-@click.option("--threads", type=int, default=None, help="torch threads of this process (workers use 1 each).")
-def throughput_command(index_path, workers, size, resize, batch_size, steps, split, threads):
-    """Images/s of the loader over INDEX_PATH's images, one JSON line per worker count."""
-    if threads:
-        torch.set_num_threads(threads)
-    index = load_index(index_path)
-    for w in workers:
-        click.echo(json.dumps(throughput(index, w, batch_size, steps, size, resize, split)))
-
-
-if __name__ == "__main__":
-    main()

@@ -1,7 +1,7 @@
 """The project layout, and the per-experiment summary: what a stage writes where. Imports no torch,
 so a stage with nothing to do (an experiment its profile skips) returns in a fraction of a second.
 
-    data/prepared/<dataset>.npz     tfkd prepare
+    data/prepared/<dataset>.npz     tfkd prepare (data/prepared/<name>.index.json: an ImageFolder index)
     runs/<exp>/s<seed>/             tfkd train / distill: checkpoints, metrics.json, timing.json, history.tsv
     runs/<exp>.json, runs/<exp>.tsv the experiment's summary over seeds (dvc metrics / dvc plots)
     cache/<exp>/s<seed>.h5          tfkd cache: the teacher logits a distill run reads
@@ -17,6 +17,11 @@ from .files import write_text
 
 def prepared_path(dataset):
     return os.path.join("data", "prepared", f"{dataset}.npz")
+
+
+def index_path(name):
+    """An indexed ImageFolder tree (tfkd prepare imagefolder): its images stay where they are."""
+    return os.path.join("data", "prepared", f"{name}.index.json")
 
 
 def run_dir(name, seed, runs="runs"):

@@ -11,11 +11,10 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
 from torchvision.transforms import RandomResizedCrop, v2
 from torchvision.transforms.v2 import functional as F
 
-from conftest import ROOT, one_line_error
+from conftest import ROOT, one_line_error, tfkd
 from pipeline import augment, imagefolder
 from pipeline.data import EMBEDDED
 from pipeline.distributed import World
@@ -157,8 +156,8 @@ def test_index_errors_are_one_line_with_the_fix(tree, tmp_path):
     path = tmp_path / "index.json"
     index_tree(moved, path)
     gone = moved.rename(tmp_path / "elsewhere")
-    assert_error(lambda: load_index(path), path, moved, "moved", "index NEW_ROOT --out")
-    assert_error(lambda: load_index(tmp_path / "none.json"), "none.json", "not found", "python -m pipeline.imagefolder index")
+    assert_error(lambda: load_index(path), path, moved, "moved", "--source NEW_ROOT --out")
+    assert_error(lambda: load_index(tmp_path / "none.json"), "none.json", "not found", "tfkd prepare imagefolder --source")
     text = path.read_text()
     path.write_text(text[:100])
     assert_error(lambda: load_index(path), path, "damaged", "--out")
@@ -350,9 +349,8 @@ def test_a_bad_image_is_one_line_naming_it_from_a_worker_too(tree, tmp_path):
         assert ".cpp" not in msg  # torchvision's source location is cut
         for workers in (0, 2):
             assert_error(lambda: all_views(imagefolder.loader(views, 8, workers=workers), views), bad, reason)
-    result = CliRunner().invoke(imagefolder.main, ["throughput", str(index_path), "--workers", "2",
-                                                   "--size", "32", "--batch-size", "8", "--steps", "4"])
-    one_line_error(result.exit_code, result.output, str(truncated), "truncated")
+    one_line_error(*tfkd("bench-loader", str(index_path), "--workers", "2", "--size", "32", "--batch-size", "8",
+                         "--steps", "4"), str(truncated), "truncated")
     truncated.unlink()
     assert_error(lambda: Views(index, "train")[0, 3], truncated, "No such file")
 
@@ -361,3 +359,14 @@ def test_throughput_reports_images_per_second(index):
     r = imagefolder.throughput(index, 0, batch_size=8, steps=2, size=32, resize=36)
     assert r["images"] == 16 and r["images_per_s"] > 0 and r["workers"] == 0
     assert_error(lambda: imagefolder.throughput(index, 0, batch_size=8, steps=5), "5 batches", "--steps 4")
+
+
+def test_tfkd_prepare_imagefolder_indexes_into_data_prepared(tree, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, out = tfkd("prepare", "imagefolder", "--source", str(tree), "--name", "mini")
+    assert code == 0, out
+    index = load_index("data/prepared/mini.index.json")
+    assert index.num_classes == 20 and f"{len(index.train.paths)} train" in out
+    one_line_error(*tfkd("prepare", "imagefolder", "--source", str(tree), "--name", "mini"),
+                   "data/prepared/mini.index.json exists", "--overwrite")
+    one_line_error(*tfkd("prepare", "imagefolder"), "needs --source")
