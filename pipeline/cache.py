@@ -9,7 +9,6 @@ for exactly the augmented view a given student run sees in that epoch (augment.p
 function of the student's run key, epoch and sample index), so distilling from it equals online
 KD with the teacher's logits rounded to float16.
 """
-import hashlib
 import json
 import os
 
@@ -32,14 +31,6 @@ ROWS_PER_CHUNK = 1024
 INFER_BATCH = 1024       # teacher inference batch: no gradients, so far larger than a training batch
 MIN_COMPILED_EPOCHS = 3  # fewer replay passes than this: compiling costs more than it saves
 LOG_EVERY = 10           # log a replay cache's progress about this many times
-
-
-def sha256_file(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 @torch.no_grad()

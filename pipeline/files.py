@@ -1,6 +1,7 @@
 """Atomic writes: every output appears under its final name only once it is complete."""
 import contextlib
 import errno
+import hashlib
 import os
 import shutil
 import tempfile
@@ -75,3 +76,12 @@ def write_text(path, text):
     with atomic_path(path) as tmp:
         with open(tmp, "w") as f:
             f.write(text)
+
+
+def sha256_file(path):
+    """The hex sha256 of a file's bytes, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

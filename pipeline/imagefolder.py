@@ -37,7 +37,7 @@ from torchvision.transforms.v2 import functional as F
 from . import augment
 from .distributed import World
 from .errors import TfkdError
-from .files import write_text
+from .files import sha256_file, write_text
 
 INDEX_FORMAT, INDEX_VERSION = "tfkd-imagefolder-index", 1
 SPLITS = ("train", "val")
@@ -91,14 +91,6 @@ def _listing(root, split, classes):
     return rows
 
 
-def _file_sha256(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def sampled(paths, sample=SAMPLE):
     """The fingerprint's content sample: the `sample` paths of smallest sha256, a fixed choice that
     depends only on the listing and spreads over all classes and both splits."""
@@ -116,7 +108,7 @@ def fingerprint(root, rows, sample=SAMPLE):
     for row in rows:
         h.update((json.dumps(row) + "\n").encode())
     for path in sampled([p for p, _, _ in rows], sample):
-        h.update(f"{json.dumps(path)} {_file_sha256(root / path)}\n".encode())
+        h.update(f"{json.dumps(path)} {sha256_file(root / path)}\n".encode())
     return h.hexdigest()
 
 

@@ -6,6 +6,7 @@ from . import cache, checkpoint, data as datasets, distributed
 from .checkpoint import RunDir
 from .config import identity_change
 from .errors import TfkdError
+from .files import sha256_file
 from .layout import cache_path, prepared_path, run_dir, skip, write_summary  # noqa: F401 (re-exported)
 from .train import DeviceData, evaluate, fit
 
@@ -111,7 +112,7 @@ def describe_teacher(model, ddata, ckpt_path, ckpt, model_name, width, choice, s
     """A cache's attributes about its teacher, its test accuracy measured here (one evaluation pass)."""
     _, acc = evaluate(model, ddata, eval_batch_size)
     return {"teacher_model": model_name, "teacher_width": float(width), "checkpoint_path": ckpt_path,
-            "checkpoint_sha256": cache.sha256_file(ckpt_path), "checkpoint_epoch": int(ckpt.get("epoch", -1)),
+            "checkpoint_sha256": sha256_file(ckpt_path), "checkpoint_epoch": int(ckpt.get("epoch", -1)),
             "checkpoint_choice": choice, "teacher_test_acc": float(acc), "seed": int(seed),
             "params": json.dumps(params_dict, sort_keys=True),
             **({"teacher_digest": ckpt["digest"]} if ckpt.get("digest") else {})}
@@ -123,7 +124,7 @@ def teacher_attrs(ckpt_path, tcfg, data):
     if not os.path.exists(ckpt_path):
         raise TfkdError(f"teacher checkpoint {ckpt_path} not found: train the teacher first "
                         f"(tfkd train {tcfg.name})")
-    return {"checkpoint_sha256": cache.sha256_file(ckpt_path), "teacher_digest": tcfg.digest(data.fingerprint)}
+    return {"checkpoint_sha256": sha256_file(ckpt_path), "teacher_digest": tcfg.digest(data.fingerprint)}
 
 
 def teacher_ready(cfg, ckpt_path, tcfg, data):

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from conftest import TINY_PARAMS, one_line_error, tfkd, write_params
-from pipeline import cache, layout, stages
+from pipeline import layout, stages
+from pipeline.files import sha256_file
 from pipeline.config import Params
 from pipeline.report import build_report
 
@@ -23,7 +24,7 @@ MATRIX = TINY_PARAMS.replace("distill:\n", """distill:
   kd_epoch5: {model: resnet18, teacher: base_resnet18, teacher_checkpoint: 5, alpha: 0.9, temperature: 4, cache_policy: clean}
   kd_paper: {model: resnet18, teacher: base_resnet18, alpha: 0.9, temperature: 4, cache_policy: clean, loss_form: paper}
   kd_reference: {model: resnet18, teacher: base_resnet18, alpha: 0.9, temperature: 4, cache_policy: clean}
-  kd_only: {model: resnet18, teacher: base_resnet18, alpha: 1.0, temperature: 4, cache_policy: clean, epochs: 3}
+  kd_only: {model: resnet18, teacher: base_resnet18, alpha: 1.0, temperature: 1, cache_policy: clean, epochs: 3, loss_form: paper}
 """)
 
 
@@ -76,7 +77,7 @@ def test_best_and_numbered_teacher_checkpoints_are_the_ones_cached(matrix):
     for name, file in (("kd_best", "best.pt"), ("kd_epoch1", "epoch_0001.pt")):
         [path] = stages.make_cache(matrix, name, [], CPU)
         with h5py.File(path) as f:
-            assert f.attrs["checkpoint_sha256"] == cache.sha256_file(f"{folder}/{file}")
+            assert f.attrs["checkpoint_sha256"] == sha256_file(f"{folder}/{file}")
             assert f.attrs["checkpoint_epoch"] == torch.load(f"{folder}/{file}", weights_only=True)["epoch"]
     one_line_error(*tfkd("cache", "kd_epoch5"), "teacher base_resnet18 keeps no checkpoint after epoch 5",
                    "add it to the teacher's checkpoints")
@@ -96,9 +97,10 @@ def test_loss_form_paper_reaches_the_loss_of_a_real_run(matrix):
 
 
 def test_a_student_with_no_label_term_learns_from_its_teachers_logits_alone(matrix):
-    """alpha 1: the loss is the KD term only, so the labels never reach the student. It learns
-    only if the cached logits are looked up for the right samples; the same cache with its rows
-    shuffled (what a wrong index would give) leaves it near chance."""
+    """alpha 1: the loss is the KD term only (at T 1 in the paper's form: cross-entropy against the
+    teacher's probabilities), so the labels never reach the student. It learns only if the cached
+    logits are looked up for the right samples; the same cache with its rows shuffled (what a wrong
+    index would give) leaves it near chance."""
     [path] = stages.make_cache(matrix, "kd_only", [], CPU)
     with h5py.File(path) as f:
         teacher_acc = f.attrs["teacher_test_acc"]
@@ -119,8 +121,8 @@ def test_tfkd_stages_lists_the_active_profiles_stages_and_a_profile_sets_the_cac
                                                "      only: [base_resnet18, kd_r18_r18, kd_paper]}"))
     code, out = tfkd("stages")
     assert code == 0, out
-    assert out.split() == ["train@base_resnet18", "cache@kd_r18_r18", "distill@kd_r18_r18",
-                           "cache@kd_paper", "distill@kd_paper"]
+    assert out.split() == ["train@base_resnet18", "cache@kd_paper", "distill@kd_paper",  # params.yaml's order
+                           "cache@kd_r18_r18", "distill@kd_r18_r18"]
     p = Params.load("params.yaml")
     assert p.config("kd_paper", 230).cache_policy == "clean"  # the profile's, over the default replay
     assert p.config("kd_r18_r18", 230).cache_policy == "replay"  # the entry's own, over the profile's

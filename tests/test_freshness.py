@@ -64,6 +64,7 @@ def test_another_results_version_redoes_the_run(tiny, monkeypatch):
 # --- caches follow their teacher: one validity check (cache.check) for make_cache and readers ---
 
 from pipeline import cache, stages  # noqa: E402
+from pipeline.files import sha256_file  # noqa: E402
 from pipeline.config import Params  # noqa: E402
 from pipeline.errors import TfkdError  # noqa: E402
 from pipeline.models import build_model  # noqa: E402
@@ -108,7 +109,7 @@ def test_a_retrained_teacher_makes_its_cache_refused_then_recached(tiny):
     logs = []
     stages.make_cache(p, "kd_r18_r18_clean", [], CPU, log=logs.append)
     assert not any("up to date" in line for line in logs)
-    assert cache.read_attrs(path)["checkpoint_sha256"] == cache.sha256_file(TEACHER / "epoch_0001.pt")
+    assert cache.read_attrs(path)["checkpoint_sha256"] == sha256_file(TEACHER / "epoch_0001.pt")
     logs.clear()
     stages.make_cache(p, "kd_r18_r18_clean", [], CPU, log=logs.append)
     assert any("up to date" in line for line in logs)
@@ -222,4 +223,4 @@ def test_a_student_follows_its_teacher_checkpoint(tiny):
     logs = []
     [m] = stages.run_experiment(p, "kd_r18_r18_clean", [], CPU, overwrite=True, log=logs.append)
     assert not any("already finished" in line for line in logs) and any("epoch 2/2" in line for line in logs)
-    assert m["identity"]["teacher_checkpoint"] == cache.sha256_file(TEACHER / "epoch_0001.pt")
+    assert m["identity"]["teacher_checkpoint"] == sha256_file(TEACHER / "epoch_0001.pt")

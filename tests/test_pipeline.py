@@ -8,6 +8,7 @@ import torch
 
 from conftest import TINY_PARAMS, write_params
 from pipeline import augment, cache, checkpoint, stages
+from pipeline.files import sha256_file
 from pipeline.config import Params
 from pipeline.errors import TfkdError
 from pipeline.train import DeviceData, OnlineTeacher, fit, learning_rate
@@ -72,7 +73,7 @@ def test_clean_cache_matches_dataset_and_teacher(teacher):
         logits = f["logits"][...]
     assert attrs["dataset_fingerprint"] == data.fingerprint and attrs["view_policy"] == "clean"
     assert attrs["checkpoint_epoch"] == 1 and attrs["teacher_model"] == "resnet18"
-    assert attrs["checkpoint_sha256"] == cache.sha256_file("runs/base_resnet18/s230/epoch_0001.pt")
+    assert attrs["checkpoint_sha256"] == sha256_file("runs/base_resnet18/s230/epoch_0001.pt")
     # row i is the teacher's output on training image i, un-augmented
     model, _ = checkpoint.load_model("runs/base_resnet18/s230/epoch_0001.pt", "resnet18", cfg.width, 20, 3)
     dd = DeviceData(data, CPU)
