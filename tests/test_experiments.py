@@ -126,3 +126,19 @@ def test_tfkd_stages_lists_the_active_profiles_stages_and_a_profile_sets_the_cac
     p = Params.load("params.yaml")
     assert p.config("kd_paper", 230).cache_policy == "clean"  # the profile's, over the default replay
     assert p.config("kd_r18_r18", 230).cache_policy == "replay"  # the entry's own, over the profile's
+
+
+def test_a_profile_skip_leaves_markers_and_an_empty_summary_never_a_result(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    write_params("params.yaml", MATRIX.replace("checkpoints: {one_epoch: 1}}",
+                                               "checkpoints: {one_epoch: 1}, only: [base_resnet18]}"))
+    for command in ("cache", "distill"):
+        code, out = tfkd(command, "kd_paper")
+        assert code == 0 and "skipped: not in the 'only' list of profile 't'" in out, out
+    assert (tmp_path / "cache" / "kd_paper" / "SKIPPED").exists()
+    assert (tmp_path / "runs" / "kd_paper" / "SKIPPED").read_text() == "not in profile t\n"
+    summary = json.load(open("runs/kd_paper.json"))
+    assert tuple(summary) == layout.SUMMARY_KEYS and summary["seeds"] == {} and summary["best_top1"] is None
+    assert not (tmp_path / "cache" / "kd_paper" / "s230.h5").exists()
+    row = build_report()["experiments"]["kd_paper"]
+    assert row["status"] == "skipped by profile t" and row["best_top1"] is None
