@@ -25,6 +25,7 @@ import sys
 import tempfile
 import time
 
+import numpy as np
 import torch
 
 from . import __version__, augment, cache, capture
@@ -454,3 +455,64 @@ def acceptance(params, source, device, time_cap, experiment="base_resnet18", ste
     write_text(out, json.dumps(result, indent=2) + "\n")
     write_text(os.path.splitext(out)[0] + ".md", summary(result))
     return result
+
+
+TEMPERATURES = (1, 4, 10, 20, 40)  # the paper's range
+TOPK = (5, 10, 20)
+
+
+@torch.no_grad()
+def _view_logits(models, ddata, n, key, spec, batch=500):
+    """Each model's float32 logits on the same `n` augmented training views (epoch 0 of run `key`)."""
+    index = augment.epoch_order(key, 0, len(ddata.y_train), ddata.device)[:n]
+    seeds = torch.tensor(augment.seeds(key, 0))
+    outs = [[] for _ in models]
+    for part in index.split(batch):
+        x = ddata.view(part, seeds, spec)
+        for out, model in zip(outs, models):
+            out.append(model(x).float())
+    return ddata.y_train[index], [torch.cat(o) for o in outs]
+
+
+def compact_errors(data, teacher_path, student_path, n=10000, ks=TOPK, temperatures=TEMPERATURES, batch=128):
+    """How far the KD loss and its gradient (w.r.t. the student's logits) from compact rows
+    (compact.py) are from those from the full logits, on real views of a real teacher and student:
+    per batch of `batch`, |loss error| / loss and ||grad error|| / ||grad||; the median and the
+    worst batch, for each k and T. The reference form's factor T^2 * multiplier / K cancels."""
+    from . import checkpoint, compact
+    models, configs = [], []
+    for path in (teacher_path, student_path):
+        ckpt = checkpoint.read(path)
+        models.append(checkpoint.load_model(path, ckpt["model_name"], ckpt["width"], data.num_classes,
+                                            data.channels)[0])
+        configs.append(ckpt)
+    ddata = DeviceData(data, torch.device("cpu"))
+    spec = RunConfig(name="", role="train", model="", augment=configs[0]["config"]["augment"]).aug_spec
+    labels, (zt, zs) = _view_logits(models, ddata, n, 1, spec)
+    rows = []
+    for t in temperatures:
+        cfg = RunConfig(name="bench", role="distill", model="", method="kd", alpha=1.0, temperature=t)
+        objective = Objective(cfg, data.num_classes)
+        for k in ks:
+            rebuilt = compact.rebuild_logits(compact.compress(zt, k), t)
+            loss_err, grad_err = [], []
+            for i in range(0, len(zt), batch):
+                got = []
+                for teacher in (zt[i:i + batch], rebuilt[i:i + batch]):
+                    s = zs[i:i + batch].clone().requires_grad_()
+                    loss = objective(s, labels[i:i + batch], teacher)
+                    got.append((loss.item(), torch.autograd.grad(loss, s)[0]))
+                (loss, grad), (approx, approx_grad) = got
+                loss_err.append(abs(approx - loss) / loss)
+                grad_err.append(((approx_grad - grad).norm() / grad.norm()).item())
+            rows.append({"T": t, "k": k, "bytes_per_row": 4 * k + 4 * (1 + len(compact.KNOTS)),
+                         "full_bytes_per_row": 2 * data.num_classes,
+                         "loss_rel_err_median": float(np.median(loss_err)), "loss_rel_err_max": max(loss_err),
+                         "grad_rel_err_median": float(np.median(grad_err)), "grad_rel_err_max": max(grad_err)})
+    p = torch.softmax(zt, 1)
+    return {"dataset": data.name, "num_classes": data.num_classes, "views": len(zt),
+            "teacher": teacher_path, "teacher_test_acc": configs[0].get("test_acc"),
+            "student": student_path, "student_test_acc": configs[1].get("test_acc"),
+            "teacher_top1_prob_mean": p.amax(1).mean().item(),
+            "teacher_mass_beyond_top10_mean": (1 - p.topk(min(10, data.num_classes)).values.sum(1)).mean().item(),
+            "rows": rows}

@@ -23,6 +23,10 @@ GRAPH = click.option("--graph/--no-graph", default=None, envvar="TFKD_GRAPH",
 COMPILE = click.option("--compile/--no-compile", default=None, envvar="TFKD_COMPILE",
                        help="torch.compile the model (compiled once per batch shape on first use; on CPU "
                             "it needs a C++ compiler); env TFKD_COMPILE=0/1.  [default: as --graph]")
+WORKERS = click.option("--workers", type=click.IntRange(min=0), default=None, envvar="TFKD_WORKERS",
+                       help="DataLoader workers per rank for a streamed ImageFolder dataset (the views are "
+                            "the same for any count); env TFKD_WORKERS.  [default: 0 on CPU; on GPU a share "
+                            "of the node's cores, at most 8]")
 SYNC_BN = click.option("--sync-bn", is_flag=True,
                        help="Under torchrun on GPUs: BatchNorm statistics over the global batch "
                             "(default: per rank, as torchvision's reference).")
@@ -116,25 +120,28 @@ def prepare(kind, source, name, out, overwrite, params_path):
     Offline CIFAR-100:  tfkd prepare npz --source cifar100.npz --name cifar100
     ImageNet:           tfkd prepare imagefolder --source /data/imagenet --name imagenet
     """
-    if kind == "imagefolder":
-        from . import imagefolder
-        if not source:
-            raise TfkdError("tfkd prepare imagefolder needs --source ROOT (with train/ and val/ inside)")
-        out = out or layout.index_path(name or "imagefolder")
-        if os.path.exists(out) and not overwrite:
-            raise TfkdError(f"{out} exists; pass --overwrite to index {source} again")
-        info = imagefolder.index_tree(source, out)
-        click.echo(f"indexed {source}: {info['train']} train / {info['val']} val images, {info['classes']} classes, "
-                   f"fingerprint {info['fingerprint'][:12]} -> {out}")
-        return
     from . import data
     if kind is None:
         p = _params(params_path)
         kind, source = p.dataset, source or p.profile.get("source")
-        if kind not in data.KNOWN:  # a named npz import, e.g. dataset: cifar100 with source: x.npz
+        if kind not in data.KNOWN and source and os.path.isdir(source):
+            kind, name = "imagefolder", kind  # a profile's ImageFolder tree, e.g. dataset: imagenet
+        elif kind not in data.KNOWN:  # a named npz import, e.g. dataset: cifar100 with source: x.npz
             kind, name = "npz", kind
         elif kind == "cifar100" and source and str(source).endswith(".npz"):
             kind, name = "npz", "cifar100"
+    if kind == "imagefolder":
+        from . import imagefolder
+        if not source:
+            raise TfkdError("tfkd prepare imagefolder needs --source ROOT (with train/ and val/ inside); for a "
+                            "profile's dataset, set its `source` in params.yaml")
+        out = out or layout.index_path(name or "imagefolder")
+        if os.path.exists(out) and not overwrite and imagefolder.indexed(out) != os.path.realpath(source):
+            raise TfkdError(f"{out} exists and is not an index of {source}; pass --overwrite to replace it")
+        info = imagefolder.index_tree(source, out)
+        click.echo(f"indexed {source}: {info['train']} train / {info['val']} val images, {info['classes']} classes, "
+                   f"fingerprint {info['fingerprint'][:12]} -> {out}")
+        return
     name = name or kind
     out = out or layout.prepared_path(name)
     ds = data.prepare(kind, out, source=source, name=name, overwrite=overwrite)
@@ -145,7 +152,8 @@ def prepare(kind, source, name, out, overwrite, params_path):
 
 def run_options(command):
     """The arguments and options of `train` and `distill`, which run an experiment the same way."""
-    for option in reversed((click.argument("experiment"), SEEDS, PARAMS, DEVICE, OVERWRITE, SYNC_BN, GRAPH, COMPILE)):
+    for option in reversed((click.argument("experiment"), SEEDS, PARAMS, DEVICE, OVERWRITE, SYNC_BN, GRAPH, COMPILE,
+                            WORKERS)):
         command = option(command)
     return command
 
@@ -154,7 +162,7 @@ WRONG_ROLE = {"train": "{0} is a distill experiment: run 'tfkd cache {0}' then '
               "distill": "{0} is a train experiment: run 'tfkd train {0}'"}
 
 
-def _run_experiment(role, experiment, seeds, params_path, device, overwrite, sync_bn, graph, compile):
+def _run_experiment(role, experiment, seeds, params_path, device, overwrite, sync_bn, graph, compile, workers):
     p = _params(params_path)
     if p.role_of(experiment) != role:
         raise TfkdError(WRONG_ROLE[role].format(experiment))
@@ -162,12 +170,12 @@ def _run_experiment(role, experiment, seeds, params_path, device, overwrite, syn
         return  # before torch is imported: a skipped stage under dvc repro costs almost nothing
     from . import stages
     stages.run_experiment(p, experiment, seeds, _device(device), overwrite, sync_bn=sync_bn, graph=graph,
-                          compile=compile)
+                          compile=compile, workers=workers)
 
 
 @main.command()
 @run_options
-def train(experiment, seeds, params_path, device, overwrite, sync_bn, graph, compile):
+def train(experiment, seeds, params_path, device, overwrite, sync_bn, graph, compile, workers):
     """Train EXPERIMENT (a `train:` entry of params.yaml) from scratch: baseline CE, label
     smoothing (method: lsr) or Tf-KD reg (method: reg).
 
@@ -180,7 +188,7 @@ def train(experiment, seeds, params_path, device, overwrite, sync_bn, graph, com
     Data-parallel: torchrun --nproc_per_node N -m pipeline train EXPERIMENT
     (batch_size stays the global batch; each rank takes batch_size/N of every step).
     """
-    _run_experiment("train", experiment, seeds, params_path, device, overwrite, sync_bn, graph, compile)
+    _run_experiment("train", experiment, seeds, params_path, device, overwrite, sync_bn, graph, compile, workers)
 
 
 @main.command("cache")
@@ -197,8 +205,9 @@ def train(experiment, seeds, params_path, device, overwrite, sync_bn, graph, com
 @OVERWRITE
 @GRAPH
 @COMPILE
+@WORKERS
 def cache_cmd(experiment, seeds, params_path, device, checkpoint, model, width, data_path, out, overwrite,
-              graph, compile):
+              graph, compile, workers):
     """Write a teacher's per-sample logits to HDF5 (stage one's output).
 
     \b
@@ -206,8 +215,11 @@ def cache_cmd(experiment, seeds, params_path, device, checkpoint, model, width, 
                                with the entry's cache_policy: 'replay' (logits of exactly the
                                student's augmented view of every epoch: equals online KD) or
                                'clean' (one vector per un-augmented image: cheaper, approximate).
+                               With cache_topk: k > 0, each row is stored compact (its top-k
+                               and a tail model: ~4k bytes instead of 2K; see BENCHMARKS.md).
     tfkd cache --checkpoint FILE --model M --data data/prepared/X.npz --out cache/NAME.h5
-                               any external checkpoint -> a clean cache.
+                               any external checkpoint -> a clean cache (--data may be an
+                               ImageFolder index, data/prepared/NAME.index.json).
     Under torchrun the ranks share the teacher inference; rank 0 writes the one file.
     """
     if experiment:
@@ -215,7 +227,7 @@ def cache_cmd(experiment, seeds, params_path, device, checkpoint, model, width, 
         if p.role_of(experiment) == "distill" and layout.skip(p, experiment, click.echo, "cache"):
             return
         from . import stages
-        stages.make_cache(p, experiment, seeds, _device(device), graph=graph, compile=compile)
+        stages.make_cache(p, experiment, seeds, _device(device), graph=graph, compile=compile, workers=workers)
         return
     from . import stages
     dev = _device(device)
@@ -224,11 +236,10 @@ def cache_cmd(experiment, seeds, params_path, device, checkpoint, model, width, 
         raise TfkdError(f"give an EXPERIMENT, or {' '.join(missing)} for an external checkpoint")
     if os.path.exists(out) and not overwrite:
         raise TfkdError(f"{out} exists; pass --overwrite to replace it")
-    from . import cache, data, distributed
+    from . import cache, distributed
     from .checkpoint import load_model
     from .config import RunConfig
-    from .train import DeviceData
-    ddata = DeviceData(data.load(data_path), dev)
+    ddata = stages.external_data(data_path, dev, workers)
     teacher, ckpt = load_model(checkpoint, model, width, ddata.data.num_classes, ddata.data.channels)
     attrs = stages.describe_teacher(teacher.to(dev), ddata, checkpoint, ckpt, model, width, "external", 0, {},
                                     RunConfig.eval_batch_size)
@@ -239,7 +250,7 @@ def cache_cmd(experiment, seeds, params_path, device, checkpoint, model, width, 
 
 @main.command()
 @run_options
-def distill(experiment, seeds, params_path, device, overwrite, sync_bn, graph, compile):
+def distill(experiment, seeds, params_path, device, overwrite, sync_bn, graph, compile, workers):
     """Train the student of EXPERIMENT (a `distill:` entry) from its cache: normal KD, Re-KD,
     De-KD or Tf-KD self; they differ only in the teacher the entry names.
 
@@ -251,7 +262,35 @@ def distill(experiment, seeds, params_path, device, overwrite, sync_bn, graph, c
     The cache is checked against the dataset and the run before the first step.
     Data-parallel like train: torchrun --nproc_per_node N -m pipeline distill EXPERIMENT
     """
-    _run_experiment("distill", experiment, seeds, params_path, device, overwrite, sync_bn, graph, compile)
+    _run_experiment("distill", experiment, seeds, params_path, device, overwrite, sync_bn, graph, compile, workers)
+
+
+@main.command("bench-compact")
+@click.option("--data", "data_path", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="A prepared dataset (data/prepared/NAME.npz) the checkpoints were trained on.")
+@click.option("--teacher", required=True, type=click.Path(exists=True, dir_okay=False), help="Teacher checkpoint.")
+@click.option("--student", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="A student checkpoint whose logits the KD loss and gradient are taken at.")
+@click.option("--views", default=10000, show_default=True, help="Augmented training views compared.")
+@click.option("--out", type=click.Path(dir_okay=False), help="Also write the result as JSON here.")
+def bench_compact(data_path, teacher, student, views, out):
+    """How far the KD loss and its gradient from compact cache rows (cache_topk: each row's
+    top-k and a tail model) are from the full logits', on real views, at the paper's temperatures
+    (see BENCHMARKS.md)."""
+    import json
+    from . import bench as b, data
+    result = b.compact_errors(data.load(data_path), teacher, student, views)
+    click.echo(f"{result['dataset']}, {result['num_classes']} classes, {result['views']} views; teacher top-1 prob "
+               f"{result['teacher_top1_prob_mean']:.3f}, mass beyond its top 10 {result['teacher_mass_beyond_top10_mean']:.3f}")
+    click.echo("| T | k | bytes/row (full) | KD loss rel. error median / max | gradient rel. error median / max |")
+    click.echo("|---|---|---|---|---|")
+    for r in result["rows"]:
+        click.echo(f"| {r['T']} | {r['k']} | {r['bytes_per_row']} ({r['full_bytes_per_row']}) | "
+                   f"{r['loss_rel_err_median']:.2e} / {r['loss_rel_err_max']:.2e} | "
+                   f"{r['grad_rel_err_median']:.2e} / {r['grad_rel_err_max']:.2e} |")
+    if out:
+        from .files import write_text
+        write_text(out, json.dumps(result, indent=2) + "\n")
 
 
 @main.command("bench-loader")

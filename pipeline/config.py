@@ -2,12 +2,15 @@
 
 Layout of params.yaml:
     profile: smoke                 # which entry of `profiles` is active (dvc exp run -S profile=paper)
-    profiles: {NAME: {dataset, source, epochs, width, checkpoints, cache_policy, only}}
+    profiles: {NAME: {dataset, source, epochs, width, checkpoints, cache_policy, only, defaults}}
     seeds: [230]                   # every experiment runs once per seed
     defaults: {...}                # the reference recipe; any experiment may override a key
     train:   {EXP: {model, method: ce|lsr|reg, ...}}        # models trained from scratch
     distill: {EXP: {model, teacher: TRAIN_EXP, ...}}        # students trained from a cache
 
+A profile's `defaults` override the top-level ones for its runs (the ImageNet recipe). An entry
+that names its own `dataset` belongs to the profiles of that dataset: the imagenet profile runs
+the entries that say `dataset: imagenet`, a CIFAR profile those that name no dataset.
 Unknown keys are errors (with a suggestion), never silently ignored.
 """
 import difflib
@@ -34,6 +37,17 @@ class AugmentSpec:
     rotate: float = 15.0  # random rotation in [-rotate, +rotate] degrees (0 = none)
 
 
+@dataclass(frozen=True)
+class FolderSpec:
+    """The views of a streamed ImageFolder run (imagefolder.py), torchvision's reference recipe."""
+    size: int = 224          # RandomResizedCrop / CenterCrop size
+    resize: int = 256        # evaluation (and clean-cache) views: shorter side first resized to this
+    min_scale: float = 0.08  # RandomResizedCrop's smallest area fraction
+
+
+SPECS = (AugmentSpec, FolderSpec)  # `augment` holds the keys of one of them
+
+
 def _run_key(seed, identity):
     """A 32-bit key from the seed and the run's identity (experiment name and role)."""
     digest = hashlib.sha256(f"{int(seed)}/{identity}".encode()).digest()
@@ -41,10 +55,13 @@ def _run_key(seed, identity):
 
 
 TOP_KEYS = ("profile", "profiles", "seeds", "defaults", "train", "distill")
-PROFILE_KEYS = ("dataset", "source", "epochs", "width", "checkpoints", "cache_policy", "only", "note")
+PROFILE_KEYS = ("dataset", "source", "epochs", "width", "checkpoints", "cache_policy", "only", "note", "defaults")
 PROFILE_SETTINGS = ("dataset", "epochs", "width", "checkpoints", "cache_policy")  # over defaults, under entries
 RESERVED_NAMES = ("results",)
 NOT_IN_IDENTITY = ("note",)      # documentation only: editing it leaves a finished run finished
+# Settings added after results version 2 enter a run's identity only when set to other than this
+# default, so that runs finished before they existed stay finished.
+SINCE_V2 = {"cache_topk": 0}
 POLICIES = ("clean", "replay")
 
 
@@ -75,8 +92,9 @@ class RunConfig:
     augment: dict = field(default_factory=lambda: asdict(AugmentSpec()))
     checkpoints: dict = field(default_factory=lambda: {"one_epoch": 1, "fifty_epoch": 50})
     teacher: str = ""              # distill: the train experiment whose run teaches
-    teacher_checkpoint: str = "final"  # final | best | a name in `checkpoints` | an epoch number
+    teacher_checkpoint: str = "final"  # final | best | a name in `checkpoints` | an epoch number | a file
     cache_policy: str = "replay"   # clean | replay
+    cache_topk: int = 0            # > 0: the cache keeps each row's top-k and a tail model (compact.py)
     eval_batch_size: int = 1000
     note: str = ""                 # why an entry differs from the reference config (documentation)
 
@@ -94,8 +112,16 @@ class RunConfig:
         return sorted({min(int(e), self.epochs) for e in self.checkpoints.values()} | {self.epochs})
 
     @property
+    def teacher_file(self):
+        """teacher_checkpoint as a file of weights (e.g. torchvision's resnet50 state_dict), or None:
+        the teacher entry names the architecture, the file holds the weights, its run is not used."""
+        tc = str(self.teacher_checkpoint)
+        return tc if tc.endswith((".pt", ".pth", ".pth.tar")) else None
+
+    @property
     def aug_spec(self):
-        return AugmentSpec(**self.augment)
+        """AugmentSpec (CIFAR-size data on the device) or FolderSpec (a streamed ImageFolder)."""
+        return _spec_of(self.augment)(**self.augment)
 
     @property
     def identity(self):
@@ -118,7 +144,8 @@ class RunConfig:
         dataset's content, the results version of the code and any `upstream` inputs (a
         student's teacher_checkpoint: the sha256 of the checkpoint its cache was made from).
         Stored with the results (metrics.json, checkpoints), so a refusal names what differs."""
-        settings = {k: v for k, v in self.to_dict().items() if k not in NOT_IN_IDENTITY}
+        settings = {k: v for k, v in self.to_dict().items()
+                    if k not in NOT_IN_IDENTITY and not (k in SINCE_V2 and v == SINCE_V2[k])}
         return dict(upstream, settings=settings, dataset_fingerprint=dataset_fingerprint,
                     results_version=RESULTS_VERSION)
 
@@ -144,6 +171,7 @@ class RunConfig:
             (all(0 < f < 1 for f in self.milestones), "milestones", "must be fractions in (0, 1)"),
             (all(int(e) >= 1 for e in self.checkpoints.values()), "checkpoints", "epochs must be >= 1"),
             (self.eval_batch_size >= 1, "eval_batch_size", "must be >= 1"),
+            (self.cache_topk >= 0, "cache_topk", "must be >= 0 (0: full rows)"),
         ]
         for ok, key, why in checks:
             if not ok:
@@ -152,16 +180,24 @@ class RunConfig:
         if self.method not in methods:
             raise TfkdError(f"params.yaml {where}: unknown method {self.method!r} for a {self.role} "
                             f"experiment; use one of: {', '.join(methods)}")
-        unknown = set(self.augment) - {f.name for f in fields(AugmentSpec)}
+        spec = _spec_of(self.augment)
+        unknown = set(self.augment) - {f.name for f in fields(spec)}
         if unknown:
-            raise TfkdError(f"params.yaml {where}: unknown augment key {sorted(unknown)[0]!r}; "
-                            f"known: {', '.join(f.name for f in fields(AugmentSpec))}")
+            known = " or ".join("{" + ", ".join(f.name for f in fields(s)) + "}" for s in SPECS)
+            raise TfkdError(f"params.yaml {where}: unknown augment key {sorted(unknown)[0]!r}; known: {known} "
+                            f"(in-memory data or a streamed ImageFolder, not both)")
         if self.role == "distill":
             tc = self.teacher_checkpoint
-            if not (tc in ("final", "best") or tc in self.checkpoints or str(tc).isdigit()):
+            if not (tc in ("final", "best") or tc in self.checkpoints or str(tc).isdigit() or self.teacher_file):
                 raise TfkdError(f"params.yaml {where}: teacher_checkpoint {tc!r} is unknown; use final, "
-                                f"best, an epoch number or one of: {', '.join(self.checkpoints)}")
+                                f"best, an epoch number, a weights file (PATH.pth) or one of: "
+                                f"{', '.join(self.checkpoints)}")
         return self
+
+
+def _spec_of(augment):
+    """The spec class whose keys `augment` uses (FolderSpec's are all its own)."""
+    return FolderSpec if set(augment) & {f.name for f in fields(FolderSpec)} else AugmentSpec
 
 
 def identity_digest(identity):
@@ -203,7 +239,7 @@ RUN_KEYS = tuple(f.name for f in fields(RunConfig) if f.name not in ("name", "ro
 FIELD_TYPES = {f.name: f.type for f in fields(RunConfig)}
 FIELD_TYPES.update(teacher_checkpoint=(str, int), source=str, only=list)  # an epoch number; profile keys
 ITEM_TYPES = {"milestones": float, "checkpoints": int, "only": str,
-              "augment": {f.name: f.type for f in fields(AugmentSpec)}}
+              "augment": {f.name: f.type for spec in SPECS for f in fields(spec)}}
 NULLABLE = ("only", "source")  # profile keys where null means "every experiment" / "the default place"
 TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true/false",
               list: "a list", tuple: "a list", dict: "a mapping"}
@@ -334,6 +370,8 @@ class Params:
         for name, prof in (r.get("profiles") or {}).items():
             _check_keys(prof, PROFILE_KEYS, f"profiles.{name}")
             _check_types(prof, f"profiles.{name}")
+            _check_keys(prof.get("defaults") or {}, RUN_KEYS, f"profiles.{name}.defaults")
+            _check_types(prof.get("defaults"), f"profiles.{name}.defaults")
         if self.profile_name not in (r.get("profiles") or {}):
             raise TfkdError(f"params.yaml: profile {self.profile_name!r} is not in profiles "
                             f"({', '.join(r.get('profiles') or {}) or 'none defined'})")
@@ -385,15 +423,27 @@ class Params:
                         (f"; did you mean {close[0]!r}?" if close else f"; known: {', '.join(known)}"))
 
     def selected(self, name):
+        """Whether the active profile runs `name`: an entry of its dataset (see the module's doc) and
+        in its `only` list, if it has one."""
         only = self.profile.get("only")
-        return only is None or name in only
+        return self.entry(name).get("dataset") == self.own_dataset and (only is None or name in only)
+
+    def entry(self, name):
+        return self.raw[self.role_of(name)][name] or {}
+
+    @property
+    def own_dataset(self):
+        """The active profile's dataset if entries name it (they are that profile's), else None."""
+        named = {(e or {}).get("dataset") for r in ("train", "distill") for e in (self.raw.get(r) or {}).values()}
+        return self.dataset if self.dataset in named else None
 
     def _merged(self, entry):
-        """Settings: defaults < profile < `entry` (RunConfig's own defaults below them all)."""
+        """Settings: defaults < profile < the profile's defaults < `entry` (RunConfig's below them all)."""
         merged = dict(self.raw.get("defaults") or {})
         for key in PROFILE_SETTINGS:
             if key in self.profile:
                 merged[key] = self.profile[key]
+        merged.update(self.profile.get("defaults") or {})
         merged.update(entry)
         return merged
 

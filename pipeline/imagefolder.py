@@ -164,6 +164,16 @@ def _split(doc, name, k):
     return Split(paths, labels)
 
 
+def indexed(path):
+    """The root an index file at `path` was made of (resolved), or None if it is not an index."""
+    try:
+        with open(path) as f:
+            doc = json.load(f)
+        return os.path.realpath(doc["root"]) if doc.get("format") == INDEX_FORMAT else None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
 def load_index(path):
     """Read an index written by index_tree(); refuse a missing or damaged one, or one whose root moved."""
     path = str(path)
@@ -432,3 +442,99 @@ def throughput(index, workers, batch_size=64, steps=20, size=224, resize=256, sp
     return {"workers": workers, "batch_size": batch_size, "steps": steps, "size": size, "images": images,
             "startup_s": round(t1 - t0, 3), "seconds": round(t2 - t1, 3),
             "images_per_s": round(images / (t2 - t1), 1), "torch_threads": torch.get_num_threads()}
+
+
+# ---- the data of a run ----------------------------------------------------------------------------
+
+MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # ImageNet's, as torchvision's reference normalises
+
+
+@dataclass(frozen=True)
+class Info:
+    """What a run records of its streamed dataset (data.Dataset's fields, without the images)."""
+    name: str
+    fingerprint: str
+    classes: list
+    y_train: np.ndarray
+    y_test: np.ndarray
+    channels: int = 3
+    kind: str = "imagefolder"
+
+    @property
+    def num_classes(self):
+        return len(self.classes)
+
+
+def default_workers(device):
+    """DataLoader workers per rank: none on a CPU (the model uses its cores), else a share of the
+    node's cores (torchrun's LOCAL_WORLD_SIZE ranks), at most 8 each."""
+    if device.type != "cuda":
+        return 0
+    return max(1, min(8, (os.cpu_count() or 2) // int(os.environ.get("LOCAL_WORLD_SIZE", "1")) - 1))
+
+
+class FolderData:
+    """An indexed ImageFolder as the training loop, the evaluation and cache writing read it
+    (train.DeviceData's methods): streamed through loader(), views made by the workers (or decoded
+    on the GPU), normalised on the device. Labels and the fingerprint come from the index."""
+
+    streamed = True
+
+    def __init__(self, index, name, device, spec, workers=None):
+        self.index, self.device, self.spec = index, device, spec
+        self.data = Info(name, index.fingerprint, index.classes, index.train.labels, index.val.labels)
+        self.channels_last = device.type == "cuda"
+        self.workers = default_workers(device) if workers is None else workers
+        self.decode = "device" if device.type == "cuda" else "cpu"
+        self.mean = torch.tensor(MEAN, device=device)
+        self.std = torch.tensor(STD, device=device)
+        self._loaders, self._current = {}, None
+
+    def inputs(self, views):
+        """uint8 [B, 3, H, W] views -> the normalised float batch (CHW in, no copy before the cast)."""
+        return augment.normalize(views.permute(0, 2, 3, 1), self.mean, self.std, self.channels_last)
+
+    def _loader(self, split, key, batch_size, world, augmented, shuffle):
+        """One Loader per way of reading, kept (its workers persist across epochs)."""
+        what = (split, key, batch_size, world.rank, world.size, augmented, shuffle)
+        if what not in self._loaders:
+            spec = self.spec
+            views = Views(self.index, split, key, augmented, spec.size, spec.resize, (spec.min_scale, 1.0),
+                          decode=self.decode)
+            self._loaders[what] = loader(views, batch_size, world.rank, world.size, workers=self.workers,
+                                         device=self.device, shuffle=shuffle)
+        return self._loaders[what]
+
+    def _read(self, batches, epoch):
+        batches.set_epoch(epoch)
+        views = batches.dataset.views
+        for batch in batches:
+            x, y, i = views.finish(batch, self.device)
+            yield self.inputs(x), y, i
+
+    def batches(self, key, epoch, batch_size, world):
+        """(this rank's sample indices, the global batch's size) of each step; its views wait for
+        train_views(). The order and the views are run `key`'s, as DeviceData's are."""
+        n = len(self.data.y_train)
+        for step, (x, y, index) in enumerate(self._read(self._loader("train", key, batch_size, world, True, True),
+                                                                     epoch)):
+            self._current = (index, x, y)
+            yield index, min(batch_size, n - step * batch_size)
+
+    def train_views(self, index, seeds, spec):
+        held, x, y = self._current
+        assert held is index, "train_views() takes the indices batches() just gave"
+        return x, y
+
+    def test_batches(self, batch_size, world):
+        """(normalised evaluation views, labels) of this rank's share of val/, batch by batch."""
+        for x, y, _ in self._read(self._loader("val", 0, batch_size, world, False, False), 0):
+            yield x, y
+
+    def cache_batches(self, policy, key, epoch, batch_size, world):
+        """(first sample, end, this rank's views) of each global batch of train/ in sample order: the
+        evaluation view of each image (clean) or run `key`'s training view in `epoch` (replay)."""
+        batches = self._loader("train", key, batch_size, world, policy == "replay", False)
+        for step, (x, _, _) in enumerate(self._read(batches, epoch)):
+            start = step * batch_size
+            yield start, min(start + batch_size, len(self.data.y_train)), x

@@ -52,7 +52,7 @@ def skip(params, name, log, stage="run"):
     write_text(os.path.join(folder, name, "SKIPPED"), f"not in profile {params.profile_name}\n")
     if stage == "run":
         write_summary(params, name, [])
-    log(f"[{name}] skipped: not in the 'only' list of profile {params.profile_name!r}")
+    log(f"[{name}] skipped: not in profile {params.profile_name!r} (its 'only' list, or an entry of another dataset)")
     return True
 
 

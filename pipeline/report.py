@@ -84,10 +84,13 @@ def _sub(a, b):
 
 
 def build_report(params_path="params.yaml", runs_dir="runs"):
-    """Every experiment of params.yaml as a row: ours (best, final), the paper's, and the gains."""
+    """Every experiment of params.yaml for the profile's dataset as a row: ours (best, final), the
+    paper's, and the gains."""
     params = Params.load(params_path)
     s = setting(params)
-    entries = [(name, params.config(name, params.seeds[0])) for name in params.experiments()]
+    # The entries of the profile's dataset (params.yaml's ImageNet entries are not CIFAR's, and back)
+    entries = [(name, params.config(name, params.seeds[0])) for name in params.experiments()
+               if params.entry(name).get("dataset") == params.own_dataset]
     # A model's baseline: its plain cross-entropy train entry (base_<model> in the real matrix).
     baseline = {}
     for name, cfg in entries:

@@ -72,7 +72,7 @@ class TrainStep:
             self._step(self.fast_net if full else self.net, index, weight)
 
     def _step(self, net, index, weight):
-        x, y = self.ddata.view(index, self.seeds, self.spec), self.ddata.y_train[index]
+        x, y = self.ddata.train_views(index, self.seeds, self.spec)
         t_logits = self.teacher.logits(self.epoch, index, x) if self.objective.needs_teacher else None
         out = net(x)
         loss = self.objective(out, y, t_logits)

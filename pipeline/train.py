@@ -48,6 +48,25 @@ class DeviceData:
         """The normalised augmented views of training samples `index` in the epoch of `seeds`."""
         return self.inputs(augment.views(self.x_train, index, seeds, spec))
 
+    # What the loop asks of its data (imagefolder.FolderData answers the same for a streamed tree).
+    def batches(self, key, epoch, batch_size, world):
+        """(this rank's sample indices, the global batch's size) of each step of the epoch."""
+        order = augment.epoch_order(key, epoch, len(self.y_train), self.device)
+        for start in range(0, len(order), batch_size):
+            batch = order[start:start + batch_size]
+            yield world.shard(batch), len(batch)
+
+    def train_views(self, index, seeds, spec):
+        """(views, labels) of samples `index`: gathered and augmented here, inside the step."""
+        return self.view(index, seeds, spec), self.y_train[index]
+
+    def test_batches(self, batch_size, world):
+        """(normalised images, labels) of this rank's share of the test set, batch by batch."""
+        mine = world.shard(range(len(self.y_test)))
+        for i in range(mine.start, mine.stop, batch_size):
+            j = min(i + batch_size, mine.stop)
+            yield self.x_test[i:j], self.y_test[i:j]
+
 
 def model_for(cfg, data, device):
     torch.manual_seed(cfg.seed)  # same seed, same initial weights (as the reference)
@@ -69,12 +88,9 @@ class Evaluator:
         self.graphed = capture.Graphed(self._pass, graph, warmup=1, what="the evaluation pass")
 
     def _pass(self):
-        d, mine = self.ddata, distributed.current().shard(range(len(self.ddata.y_test)))
         self.loss.zero_()
         self.correct.zero_()
-        for i in range(mine.start, mine.stop, self.batch_size):
-            j = min(i + self.batch_size, mine.stop)
-            x, y = d.x_test[i:j], d.y_test[i:j]
+        for x, y in self.ddata.test_batches(self.batch_size, distributed.current()):
             out = self.net(x)
             self.loss += torch.nn.functional.cross_entropy(out, y, reduction="sum")
             self.correct += (out.argmax(1) == y).sum()
@@ -85,7 +101,7 @@ class Evaluator:
         self.graphed()
         world = distributed.current()
         loss, correct = world.sum(torch.stack([self.loss.double(), self.correct.double()])).tolist()
-        n = len(self.ddata.y_test)
+        n = len(self.ddata.data.y_test)
         return loss / n, 100.0 * correct / n
 
 
@@ -187,17 +203,13 @@ def check_batches(cfg, n, world):
                         f"ranks (batch_size {cfg.batch_size} is the global batch); use fewer processes")
 
 
-def train_one_epoch(cfg, step, epoch, n, world, device):
+def train_one_epoch(cfg, step, ddata, epoch, n, world):
     """One epoch of SGD steps; (mean loss, top-1 %, last lr, step of the first NaN/inf loss or None)."""
-    bs = cfg.batch_size
-    steps = math.ceil(n / bs)  # the last partial batch is kept, as in the reference
-    order = augment.epoch_order(cfg.run_key, epoch, n, device)
+    steps = math.ceil(n / cfg.batch_size)  # the last partial batch is kept, as in the reference
     step.start_epoch(cfg.run_key, epoch)
-    for i in range(steps):
+    for i, (index, size) in enumerate(ddata.batches(cfg.run_key, epoch, cfg.batch_size, world)):
         lr = learning_rate(cfg, epoch, i, steps)
-        batch = order[i * bs:(i + 1) * bs]
-        index = world.shard(batch)
-        step(index, lr, len(index) * world.size / len(batch))
+        step(index, lr, len(index) * world.size / size)
     # The one host sync of the epoch's training: its sums, reduced over ranks.
     loss_sum, correct, bad = world.sum(torch.stack([step.loss_sum.double(), step.correct.double(),
                                                     (step.first_bad >= 0).double()])).tolist()
@@ -259,11 +271,14 @@ def fit(cfg, data, run_dir, device, teacher=None, overwrite=False, log=print, st
     """
     world = distributed.current()
     log = world.quiet(log)
+    held = hasattr(data, "data")  # DeviceData or imagefolder.FolderData, else a data.Dataset
+    if getattr(data, "streamed", False):
+        graph = False  # a streamed batch arrives in new tensors each step: nothing for a graph to replay
     graph, compile = capture.fast_path(device, world.size, graph, compile)
     if sync_bn and world.distributed and device.type != "cuda":
         raise TfkdError("--sync-bn needs GPUs (PyTorch's SyncBatchNorm has no CPU kernels); drop it on CPU")
     rd, tag = RunDir(run_dir), f"[{cfg.name} s{cfg.seed}]"
-    fingerprint = data.data.fingerprint if isinstance(data, DeviceData) else data.fingerprint
+    fingerprint = data.data.fingerprint if held else data.fingerprint
     identity = cfg.run_identity(fingerprint, **(upstream or {}))
     digest = identity_digest(identity)
     kind, state = world.on_main(lambda: resume_point(rd, digest, identity, overwrite, log))
@@ -272,7 +287,7 @@ def fit(cfg, data, run_dir, device, teacher=None, overwrite=False, log=print, st
         return state
     state, source = state if state is not None else (None, None)
 
-    ddata = DeviceData(data, device) if not isinstance(data, DeviceData) else data
+    ddata = data if held else DeviceData(data, device)
     data, n = ddata.data, len(ddata.data.y_train)
     check_batches(cfg, n, world)
     run = Run(cfg, ddata, device, teacher, world, sync_bn, graph, compile)
@@ -290,7 +305,7 @@ def fit(cfg, data, run_dir, device, teacher=None, overwrite=False, log=print, st
         for epoch in range(start, cfg.epochs):
             t0 = time.perf_counter()
             run.model.train()
-            train_loss, train_acc, lr, first_bad = train_one_epoch(cfg, run.step, epoch, n, world, device)
+            train_loss, train_acc, lr, first_bad = train_one_epoch(cfg, run.step, ddata, epoch, n, world)
             if first_bad is not None:
                 refuse_nan(cfg, rd, epoch, first_bad)
             t1 = time.perf_counter()

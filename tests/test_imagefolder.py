@@ -367,6 +367,10 @@ def test_tfkd_prepare_imagefolder_indexes_into_data_prepared(tree, tmp_path, mon
     assert code == 0, out
     index = load_index("data/prepared/mini.index.json")
     assert index.num_classes == 20 and f"{len(index.train.paths)} train" in out
-    one_line_error(*tfkd("prepare", "imagefolder", "--source", str(tree), "--name", "mini"),
-                   "data/prepared/mini.index.json exists", "--overwrite")
+    assert tfkd("prepare", "imagefolder", "--source", str(tree), "--name", "mini")[0] == 0  # the same tree again
+    other = copy_of(tree, tmp_path)
+    one_line_error(*tfkd("prepare", "imagefolder", "--source", str(other), "--name", "mini"),
+                   "data/prepared/mini.index.json exists and is not an index of", "--overwrite")
+    assert tfkd("prepare", "imagefolder", "--source", str(other), "--name", "mini", "--overwrite")[0] == 0
+    assert load_index("data/prepared/mini.index.json").root == str(other.resolve())
     one_line_error(*tfkd("prepare", "imagefolder"), "needs --source")
