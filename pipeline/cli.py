@@ -272,14 +272,16 @@ def distill(experiment, seeds, params_path, device, overwrite, sync_bn, graph, c
 @click.option("--student", required=True, type=click.Path(exists=True, dir_okay=False),
               help="A student checkpoint whose logits the KD loss and gradient are taken at.")
 @click.option("--views", default=10000, show_default=True, help="Augmented training views compared.")
+@click.option("--k", "ks", type=click.IntRange(min=1), multiple=True, default=(5, 10, 20), show_default=True,
+              help="Top-k sizes to compare (repeatable).")
 @click.option("--out", type=click.Path(dir_okay=False), help="Also write the result as JSON here.")
-def bench_compact(data_path, teacher, student, views, out):
+def bench_compact(data_path, teacher, student, views, ks, out):
     """How far the KD loss and its gradient from compact cache rows (cache_topk: each row's
     top-k and a tail model) are from the full logits', on real views, at the paper's temperatures
     (see BENCHMARKS.md)."""
     import json
     from . import bench as b, data
-    result = b.compact_errors(data.load(data_path), teacher, student, views)
+    result = b.compact_errors(data.load(data_path), teacher, student, views, ks)
     click.echo(f"{result['dataset']}, {result['num_classes']} classes, {result['views']} views; teacher top-1 prob "
                f"{result['teacher_top1_prob_mean']:.3f}, mass beyond its top 10 {result['teacher_mass_beyond_top10_mean']:.3f}")
     click.echo("| T | k | bytes/row (full) | KD loss rel. error median / max | gradient rel. error median / max |")

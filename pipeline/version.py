@@ -24,8 +24,9 @@ RESULTS_GLOBS = ("pipeline/models/*.py", "pipeline/losses.py", "pipeline/augment
                  "pipeline/compact.py")
 RESULTS_FILES = {
     'pipeline/augment.py': '27da7c0915e2',
-    'pipeline/cache.py': 'b9c934d66b03',
-    'pipeline/imagefolder.py': '582426e44a63',
+    'pipeline/cache.py': 'd87265451eca',
+    'pipeline/compact.py': '21326fbb886a',
+    'pipeline/imagefolder.py': '26a9a8474683',
     'pipeline/losses.py': '8a1ab74bea33',
     'pipeline/models/__init__.py': 'ddbf2e6d4c0d',
     'pipeline/models/densenet.py': '827d6eab3d3c',
@@ -37,8 +38,8 @@ RESULTS_FILES = {
     'pipeline/models/resnext.py': '5cac6408ac1b',
     'pipeline/models/shufflenetv2.py': '9eaac7799097',
     'pipeline/precision.py': '5ee42f87584f',
-    'pipeline/step.py': 'e1bafc5d1c4b',
-    'pipeline/train.py': '7b59f58081d3',
+    'pipeline/step.py': '45b3e8454073',
+    'pipeline/train.py': 'a0b077dbe9e7',
 }
 
 

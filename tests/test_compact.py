@@ -139,3 +139,27 @@ def test_int16_classes_and_any_leading_shape():
     assert c.index.dtype == torch.int16 and c.values.dtype == torch.float16 and c.tail.shape == (3, 5, 4)
     assert rebuild_logits(c, 2.0).shape == (3, 5, 40)
     assert compress(torch.randn(2, 40000), 4).index.dtype == torch.int32
+
+
+def test_bench_compact_measures_no_error_at_k_equal_to_the_classes(project):
+    """tfkd bench-compact on the embedded subset's real images: at k = K the rebuilt rows are the
+    logits (to fp16), so loss and gradient errors vanish; at k = 2 they do not."""
+    from pipeline import bench, data
+    from pipeline.config import AugmentSpec
+    from pipeline.models import build_model
+    from pipeline.version import RESULTS_VERSION
+    ds = data.load("data/prepared/embedded.npz")
+    paths = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        model = build_model("resnet18", ds.num_classes, width=0.125)
+        path = project / f"m{seed}.pt"
+        torch.save({"model_name": "resnet18", "width": 0.125, "model": model.state_dict(), "test_acc": 5.0,
+                    "results_version": RESULTS_VERSION, "config": {"augment": vars(AugmentSpec())}}, path)
+        paths.append(str(path))
+    result = bench.compact_errors(ds, *paths, n=256, ks=(2, ds.num_classes), temperatures=(1, 4))
+    rows = {(r["T"], r["k"]): r for r in result["rows"]}
+    for t in (1, 4):
+        exact, coarse = rows[(t, ds.num_classes)], rows[(t, 2)]
+        assert exact["loss_rel_err_max"] < 1e-2 and exact["grad_rel_err_max"] < 2e-2, exact
+        assert coarse["grad_rel_err_median"] > 10 * exact["grad_rel_err_median"], (coarse, exact)
