@@ -15,7 +15,12 @@ from . import layout, paper
 from .config import Params
 from .files import atomic_path, write_text
 
-PAPER_SETTING = {"dataset": "cifar100", "epochs": 200, "width": 1.0, "num_classes": 100}
+# The setting the reported numbers were measured in, by the entries' dataset group (params.own_dataset:
+# None for the CIFAR matrix, "imagenet" for the ImageNet entries).
+PAPER_SETTINGS = {None: {"dataset": "cifar100", "epochs": 200, "width": 1.0, "num_classes": 100,
+                         "what": "full CIFAR-100"},
+                  "imagenet": {"dataset": "imagenet", "epochs": 90, "width": 1.0, "num_classes": 1000,
+                               "what": "ImageNet"}}
 COMPARED = ("dataset", "epochs", "width", "loss_form", "cache_policy")  # decide comparability
 DASH = "—"
 
@@ -23,23 +28,26 @@ DASH = "—"
 def setting(params):
     """The active profile's name and its settings that decide comparability (defaults < profile)."""
     common = params.common()
-    return {"profile": params.profile_name, **{k: getattr(common, k) for k in COMPARED},
+    return {"profile": params.profile_name, "paper_setting": PAPER_SETTINGS.get(params.own_dataset),
+            **{k: getattr(common, k) for k in COMPARED},
             "seeds": params.seeds, "only": params.profile.get("only"), "profile_note": params.profile.get("note")}
 
 
 def not_comparable(s, num_classes=None):
     """Why the active profile's numbers cannot be set beside the paper's; None if they can.
     `num_classes`: the dataset's class count where a measured run says it."""
-    why = []
-    if s["dataset"] != PAPER_SETTING["dataset"]:
+    why, paper = [], s["paper_setting"]
+    if paper is None:
+        return f"the paper has no setting for dataset `{s['dataset']}`'s own entries"
+    if s["dataset"] != paper["dataset"]:
         why.append(f"dataset `{s['dataset']}`" + (f" has K={num_classes} classes" if num_classes else "")
-                   + " (the paper: full CIFAR-100, K=100)")
-        if s["loss_form"] == "reference" and num_classes != 100:
+                   + f" (the paper: {paper['what']}, K={paper['num_classes']})")
+        if s["loss_form"] == "reference" and num_classes != paper["num_classes"]:
             why.append("the reference's KL loss is averaged over batch x K classes, so a different K "
                        "rescales the KD / reg terms: even the losses differ")
-    if s["epochs"] != PAPER_SETTING["epochs"]:
-        why.append(f"{s['epochs']} epochs (the paper: 200)")
-    if s["width"] != PAPER_SETTING["width"]:
+    if s["epochs"] != paper["epochs"]:
+        why.append(f"{s['epochs']} epochs (the paper: {paper['epochs']})")
+    if s["width"] != paper["width"]:
         why.append(f"width x{s['width']:g} (the paper: full-size models)")
     if s["cache_policy"] == "clean":
         why.append("clean caches: the teacher's logits of the un-augmented images, not of each view the "
@@ -130,7 +138,7 @@ def build_report(params_path="params.yaml", runs_dir="runs"):
 
     measured = [n for n, r in rows.items() if r["status"] == "measured"]
     return {"generated": datetime.datetime.now().isoformat(timespec="seconds"), **s,
-            "paper_setting": PAPER_SETTING, "not_comparable": not_comparable(s, num_classes),
+            "not_comparable": not_comparable(s, num_classes),
             "measured": len(measured), "missing": len(rows) - len(measured),
             "missing_experiments": [n for n in rows if n not in measured], "experiments": rows}
 
@@ -162,7 +170,7 @@ def markdown(s):
     if s["not_comparable"]:
         lines += [f"> **These numbers are NOT comparable with the paper.** {s['not_comparable'][0].upper()}"
                   f"{s['not_comparable'][1:]}. They check that the pipeline runs; the paper column is context only.", ""]
-    lines += ["Top-1 test accuracy (%); the paper's numbers are on CIFAR-100. *best*: best epoch (what the paper reports); "
+    lines += [f"Top-1 test accuracy (%); the paper's numbers are on {(s['paper_setting'] or {}).get('what', 'other data')}. *best*: best epoch (what the paper reports); "
               "*final*: last epoch; ± is the std over seeds. *Δ paper* = best − paper; *gain* = best − our "
               "baseline of the same model, *paper gain* the same in the paper.", ""]
     head = ("| experiment | teacher | status | best | final | paper | Δ paper | baseline (ours) | gain | paper gain | note |\n"

@@ -176,3 +176,17 @@ def test_an_entry_with_its_own_settings_is_reported_with_them(project):
     assert row["epochs"] == 5 and row["status"] == "partial: 1/5 epochs"
     assert "its own epochs 5 (profile: 3), its own loss_form paper (profile: reference)" in row["note"]
     assert build_report()["experiments"]["base_resnet18"]["epochs"] == 3
+
+
+def test_the_imagenet_profile_reports_its_own_entries_against_imagenet(project):
+    raw = yaml.safe_load(REAL_PARAMS.read_text())
+    (project / "params.yaml").write_text(yaml.safe_dump(dict(raw, profile="imagenet")))
+    rep = write_report()
+    assert set(rep["experiments"]) == {n for n in {**raw["train"], **raw["distill"]} if n.startswith("imagenet_")}
+    assert rep["not_comparable"] is None  # 90 epochs, full width: the ImageNet setting itself
+    rows = rep["experiments"]
+    assert rows["imagenet_self_resnet18"]["paper_top1"] == 70.42 and rows["imagenet_lsr_resnet50"]["paper_top1"] is None
+    assert "unknown" in rows["imagenet_lsr_resnet50"]["note"]
+    assert "the paper's numbers are on ImageNet" in Path(rep["paths"]["md"]).read_text()
+    (project / "params.yaml").write_text(yaml.safe_dump(dict(raw, profile="smoke")))
+    assert not any(n.startswith("imagenet_") for n in write_report()["experiments"])  # nor in a CIFAR report
