@@ -124,7 +124,11 @@ def prepare(kind, source, name, out, overwrite, params_path):
     if kind is None:
         p = _params(params_path)
         kind, source = p.dataset, source or p.profile.get("source")
-        if kind not in data.KNOWN and source and os.path.isdir(source):
+        if kind not in data.KNOWN and not source:
+            raise TfkdError(f"profile {p.profile_name}'s dataset {kind} has no source: set profiles.{p.profile_name}"
+                            f".source to its ImageFolder tree (train/ and val/ inside) or an .npz, e.g. "
+                            f"dvc exp run -S profiles.{p.profile_name}.source=/data/{kind}")
+        if kind not in data.KNOWN and os.path.isdir(source):
             kind, name = "imagefolder", kind  # a profile's ImageFolder tree, e.g. dataset: imagenet
         elif kind not in data.KNOWN:  # a named npz import, e.g. dataset: cifar100 with source: x.npz
             kind, name = "npz", kind

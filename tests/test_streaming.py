@@ -267,3 +267,11 @@ def test_a_read_of_8_rows_reads_a_small_part_of_the_cache_file(tmp_path, k):
         assert torch.allclose(got[:2].float(), want, atol=3e-2, rtol=1e-2)
     else:  # the top class first, its value relative to the row's max
         assert torch.equal(got.index[:2, 0].long(), want.argmax(1)) and torch.all(got.values[:, 0] == 0)
+
+
+def test_a_profile_dataset_without_source_is_refused_by_prepare(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").write_text(PARAMS.replace("source: tree", "source: null"))
+    one_line_error(*tfkd("prepare"), "profile folder's dataset folder has no source",
+                   "-S profiles.folder.source=")
+    assert not (tmp_path / "data").exists()
