@@ -474,11 +474,13 @@ def _view_logits(models, ddata, n, key, spec, batch=500):
     return ddata.y_train[index], [torch.cat(o) for o in outs]
 
 
-def compact_errors(data, teacher_path, student_path, n=10000, ks=TOPK, temperatures=TEMPERATURES, batch=128):
+def compact_errors(data, teacher_path, student_path, n=10000, ks=TOPK, temperatures=TEMPERATURES, batch=128,
+                   bits=(0,)):
     """How far the KD loss and its gradient (w.r.t. the student's logits) from compact rows
     (compact.py) are from those from the full logits, on real views of a real teacher and student:
     per batch of `batch`, |loss error| / loss and ||grad error|| / ||grad||; the median and the
-    worst batch, for each k and T. The reference form's factor T^2 * multiplier / K cancels."""
+    worst batch, for each k, tail coding (`bits`: 0, the tail model) and T. The reference form's
+    factor T^2 * multiplier / K cancels."""
     from . import checkpoint, compact
     models, configs = [], []
     for path in (teacher_path, student_path):
@@ -493,8 +495,8 @@ def compact_errors(data, teacher_path, student_path, n=10000, ks=TOPK, temperatu
     for t in temperatures:
         cfg = RunConfig(name="bench", role="distill", model="", method="kd", alpha=1.0, temperature=t)
         objective = Objective(cfg, data.num_classes)
-        for k in ks:
-            rebuilt = compact.rebuild_logits(compact.compress(zt, k), t)
+        for k, b in [(k, b) for k in ks for b in bits]:
+            rebuilt = compact.rebuild_logits(compact.compress(zt, k, bits=b), t)
             loss_err, grad_err = [], []
             for i in range(0, len(zt), batch):
                 got = []
@@ -505,7 +507,7 @@ def compact_errors(data, teacher_path, student_path, n=10000, ks=TOPK, temperatu
                 (loss, grad), (approx, approx_grad) = got
                 loss_err.append(abs(approx - loss) / loss)
                 grad_err.append(((approx_grad - grad).norm() / grad.norm()).item())
-            rows.append({"T": t, "k": k, "bytes_per_row": 4 * k + 4 * (1 + len(compact.KNOTS)),
+            rows.append({"T": t, "k": k, "bits": b, "bytes_per_row": compact.row_bytes(k, data.num_classes, b),
                          "full_bytes_per_row": 2 * data.num_classes,
                          "loss_rel_err_median": float(np.median(loss_err)), "loss_rel_err_max": max(loss_err),
                          "grad_rel_err_median": float(np.median(grad_err)), "grad_rel_err_max": max(grad_err)})

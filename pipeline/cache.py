@@ -7,6 +7,8 @@
 A compact cache (compact_k = k > 0; compact.py) holds, instead of `logits`, each row's top-k as
 `values` [..., k] float16, `index` [..., k] int16 and `tail` [..., 4] float32: 4k + 16 bytes a
 row, what a 90-epoch replay cache of ImageNet needs (56 B instead of 2,000 B a row at k = 10).
+With compact_bits = b > 0, `tail` is [..., 2] and `codes` [..., K b / 8] uint8 keeps every class's
+logit to b bits (the split of the tail that high-T KD needs; compact.py).
 Chunks are a few KB of rows, so a batch of random sample indices reads about its own rows:
 a streamed run (imagefolder.py) reads each step's rows, never the whole file (Rows).
 
@@ -33,8 +35,8 @@ ATTRS = ("schema_version", "dataset", "dataset_fingerprint", "num_classes", "num
          "teacher_model", "teacher_width", "checkpoint_path", "checkpoint_sha256", "checkpoint_epoch",
          "checkpoint_choice", "teacher_test_acc", "view_policy", "aug_version", "aug_spec",
          "run_key", "epochs", "seed", "params", "package_version", "teacher_digest", "results_version",
-         "compact_k", "compact_knots", "compact_version")
-ABSENT = {"compact_k": 0}  # what a cache written before an attribute existed holds
+         "compact_k", "compact_knots", "compact_version", "compact_bits")
+ABSENT = {"compact_k": 0, "compact_bits": 0}  # what a cache written before an attribute existed holds
 CHUNK_BYTES = 16 << 10   # bytes of rows per HDF5 chunk: a random row costs one such read
 INFER_BATCH = 1024       # teacher inference batch: no gradients, so far larger than a training batch
 MIN_COMPILED_EPOCHS = 3  # fewer replay passes than this: compiling costs more than it saves
@@ -94,20 +96,25 @@ def chunk_rows(row_bytes, num_samples, chunk_bytes=CHUNK_BYTES):
     return int(min(max(1, chunk_bytes // row_bytes), num_samples))
 
 
-def _layout(k, num_classes):
+def _layout(k, num_classes, bits=0):
     """{dataset: (row width, numpy dtype)}: full rows (k = 0) or compact.Compact's parts."""
     if k == 0:
         return {"logits": (num_classes, np.dtype(np.float16))}
     index = torch.empty(0, dtype=compact.index_dtype(num_classes)).numpy().dtype
-    return {"values": (k, np.dtype(np.float16)), "index": (k, index), "tail": (1 + len(compact.KNOTS), np.dtype(np.float32))}
+    layout = {"values": (k, np.dtype(np.float16)), "index": (k, index),
+              "tail": (2 if bits else 1 + len(compact.KNOTS), np.dtype(np.float32))}
+    if bits:
+        layout["codes"] = (-(-num_classes * bits // 8), np.dtype(np.uint8))
+    return layout
 
 
 def write(path, model, ddata, policy, attrs, run_key=0, epochs=1, spec=None, batch_size=INFER_BATCH, log=print,
-          graph=None, compile=None, compact_k=0):
+          graph=None, compile=None, compact_k=0, compact_bits=0):
     """Run `model` (eval mode) over the training set and write the cache atomically (rank 0).
 
     clean: one un-augmented view per sample; replay: the student's views of epochs 0..epochs-1.
-    compact_k > 0: each row in compact form (its top-k and a tail model, compact.py).
+    compact_k > 0: each row in compact form (its top-k and a tail model, or with compact_bits > 0
+    every logit coded to that many bits; compact.py).
     `graph` / `compile`: the fast path of capture.py (None: on for one CUDA device; never when streamed).
     """
     model.eval()
@@ -116,6 +123,8 @@ def write(path, model, ddata, policy, attrs, run_key=0, epochs=1, spec=None, bat
     n, k = len(data.y_train), data.num_classes
     if not 0 <= compact_k <= k:
         raise TfkdError(f"cache_topk {compact_k} must be in 0..{k} (the classes); 0 keeps full rows")
+    if compact_bits not in compact.BITS or (compact_bits and not compact_k):
+        raise TfkdError(f"cache_tail_bits {compact_bits} must be one of {compact.BITS[1:]} with cache_topk > 0, or 0")
     if ddata.channels_last:
         model = model.to(memory_format=torch.channels_last)
     if getattr(ddata, "streamed", False):
@@ -131,7 +140,7 @@ def write(path, model, ddata, policy, attrs, run_key=0, epochs=1, spec=None, bat
         world.barrier()
         return path
     lead = (n,) if policy == "clean" else (epochs, n)
-    layout = _layout(compact_k, k)
+    layout = _layout(compact_k, k, compact_bits)
     row_bytes = sum(w * d.itemsize for w, d in layout.values())
     rows = chunk_rows(row_bytes, n)
     attrs = dict(attrs, schema_version=SCHEMA_VERSION, dataset=data.name,
@@ -139,7 +148,8 @@ def write(path, model, ddata, policy, attrs, run_key=0, epochs=1, spec=None, bat
                  view_policy=policy, aug_version=augment.AUG_VERSION,
                  aug_spec=json.dumps(vars(spec) if spec else {}, sort_keys=True),
                  run_key=int(run_key), epochs=int(epochs if policy == "replay" else 0),
-                 package_version=__version__, results_version=RESULTS_VERSION, compact_k=int(compact_k))
+                 package_version=__version__, results_version=RESULTS_VERSION, compact_k=int(compact_k),
+                 compact_bits=int(compact_bits))
     if compact_k:
         attrs.update(compact_knots=np.array(compact.KNOTS), compact_version=compact.FORM_VERSION)
     with atomic_path(path, need=row_bytes * int(np.prod(lead)) + 8 * n) as tmp:  # h5py may crash on a full disk
@@ -149,7 +159,8 @@ def write(path, model, ddata, policy, attrs, run_key=0, epochs=1, spec=None, bat
                                            track_times=False) for name, (w, d) in layout.items()}
             logged = -1
             for epoch, start, block in blocks:
-                parts = {"logits": block} if not compact_k else dict(zip(compact.PARTS, compact.compress(block, compact_k)))
+                parts = ({"logits": block} if not compact_k else
+                         dict(zip(compact.parts(compact_bits), compact.compress(block, compact_k, bits=compact_bits).tensors)))
                 where = (slice(start, start + len(block)),) if policy == "clean" else (epoch, slice(start, start + len(block)))
                 for name, ds in sets.items():
                     ds[where] = parts[name].numpy()
@@ -193,16 +204,18 @@ _DIFFERS = {
     "checkpoint_sha256": lambda old, new: f"from another teacher checkpoint (sha256 {_fingerprint(old)} → {_fingerprint(new)})",
     "teacher_digest": lambda old, new: f"from another teacher run (digest {old} → {new})",
     "compact_k": lambda old, new: f"with cache_topk {old}, the run wants {new}",
+    "compact_bits": lambda old, new: f"with cache_tail_bits {old}, the run wants {new}",
 }
 
 
-def expected(data, policy, run_key=None, epochs=None, spec=None, teacher=None, compact_k=0):
+def expected(data, policy, run_key=None, epochs=None, spec=None, teacher=None, compact_k=0, compact_bits=0):
     """The attributes a cache must have to serve a run, in the order they are checked: the format,
     the code's results version, the data, the views (replay: the run key, its epochs and its
     augmentation) and `teacher` (checkpoint_sha256: the teacher file's content, teacher_digest:
     the teacher run's digest), where given."""
     want = {"schema_version": SCHEMA_VERSION, "results_version": RESULTS_VERSION,
-            "dataset_fingerprint": data.fingerprint, "view_policy": policy, "compact_k": int(compact_k)}
+            "dataset_fingerprint": data.fingerprint, "view_policy": policy, "compact_k": int(compact_k),
+            "compact_bits": int(compact_bits)}
     if policy == "replay":
         want.update(run_key=int(run_key), epochs=int(epochs), aug_version=augment.AUG_VERSION,
                     aug_spec=json.dumps(vars(spec) if spec else {}, sort_keys=True))
@@ -222,12 +235,12 @@ def check(path, want, fix="rerun 'tfkd cache'"):
     return attrs
 
 
-def load(path, data, policy, run_key=None, epochs=None, spec=None, teacher=None, compact_k=0,
+def load(path, data, policy, run_key=None, epochs=None, spec=None, teacher=None, compact_k=0, compact_bits=0,
          fix="rerun 'tfkd cache'", resident=True):
     """(rows, attrs) of the cache after checking it belongs with this dataset and run (check();
     `teacher` as in expected()). rows: resident, the whole table (float16 logits, or a
     compact.Compact of its parts); else a Rows reader of batches by sample index."""
-    attrs = check(path, expected(data, policy, run_key, epochs, spec, teacher, compact_k), fix)
+    attrs = check(path, expected(data, policy, run_key, epochs, spec, teacher, compact_k, compact_bits), fix)
     name, num_classes = os.path.basename(path), data.num_classes
 
     def refuse(what, fix):
@@ -235,7 +248,7 @@ def load(path, data, policy, run_key=None, epochs=None, spec=None, teacher=None,
 
     if attrs.get("num_classes") != num_classes:
         refuse(f"has {attrs.get('num_classes')} classes, the student {num_classes}", "use a matching cache")
-    names = ("logits",) if not compact_k else compact.PARTS
+    names = _names(attrs)
     if compact_k and attrs.get("compact_version") != compact.FORM_VERSION:
         refuse(f"holds compact rows of form version {attrs.get('compact_version')}, this is {compact.FORM_VERSION}",
                "rerun 'tfkd cache'")
@@ -254,12 +267,19 @@ def load(path, data, policy, run_key=None, epochs=None, spec=None, teacher=None,
     return _table(table, attrs), attrs
 
 
+def _names(attrs):
+    """The datasets a cache's rows are in."""
+    return ("logits",) if not attrs.get("compact_k") else compact.parts(attrs.get("compact_bits", 0))
+
+
 def _table(parts, attrs):
     """Arrays read from a cache as what teachers look rows up in: a float16 tensor or a Compact."""
     parts = [torch.from_numpy(np.ascontiguousarray(a)) for a in parts]
     if len(parts) == 1:
         return parts[0]
-    return compact.Compact(*parts, int(attrs["num_classes"]), tuple(float(b) for b in attrs["compact_knots"]))
+    bits = int(attrs.get("compact_bits", 0))
+    return compact.Compact(*parts[:3], int(attrs["num_classes"]), tuple(float(b) for b in attrs["compact_knots"]),
+                           parts[3] if bits else None, bits)
 
 
 class Rows:
@@ -267,7 +287,7 @@ class Rows:
 
     def __init__(self, path, attrs):
         self.path, self.attrs, self.file = path, attrs, None
-        self.names = ("logits",) if not attrs.get("compact_k") else compact.PARTS
+        self.names = _names(attrs)
 
     def read(self, index, epoch=0):
         """The rows of samples `index` (any order, repeats allowed) in `epoch`, on the CPU."""
@@ -301,7 +321,7 @@ class CacheTeacher:
         self.temperature = temperature
         if isinstance(table, compact.Compact):
             self.replay, self.n = table.values.dim() == 3, table.values.shape[-2]
-            self.rows = compact.Compact(*(t.to(device).flatten(0, -2) for t in table[:3]), *table[3:])
+            self.rows = table.map(lambda t: t.to(device).flatten(0, -2))
         else:
             table = torch.as_tensor(table).to(device)  # a numpy table too (bench.py, tests)
             self.replay, self.n = table.dim() == 3, table.shape[-2]
@@ -311,8 +331,7 @@ class CacheTeacher:
         """`epoch` is an int or a device tensor (as a captured step reads it); one gather either way."""
         at = index + epoch * self.n if self.replay else index
         if isinstance(self.rows, compact.Compact):
-            return _logits(self.rows._replace(values=self.rows.values[at], index=self.rows.index[at],
-                                              tail=self.rows.tail[at]), self.temperature)
+            return _logits(self.rows.map(lambda t: t[at]), self.temperature)
         return self.rows[at].float()
 
 

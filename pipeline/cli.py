@@ -6,6 +6,7 @@ import traceback
 import click
 
 from . import __version__, layout
+from .config import TAIL_BITS
 from .errors import TfkdError
 
 PARAMS = click.option("--params", "params_path", default="params.yaml", show_default=True,
@@ -220,7 +221,8 @@ def cache_cmd(experiment, seeds, params_path, device, checkpoint, model, width, 
                                student's augmented view of every epoch: equals online KD) or
                                'clean' (one vector per un-augmented image: cheaper, approximate).
                                With cache_topk: k > 0, each row is stored compact (its top-k
-                               and a tail model: ~4k bytes instead of 2K; see BENCHMARKS.md).
+                               and a tail model: ~4k bytes instead of 2K; with cache_tail_bits:
+                               b, also every logit to b bits, for high-T KD; see BENCHMARKS.md).
     tfkd cache --checkpoint FILE --model M --data data/prepared/X.npz --out cache/NAME.h5
                                any external checkpoint -> a clean cache (--data may be an
                                ImageFolder index, data/prepared/NAME.index.json).
@@ -278,20 +280,22 @@ def distill(experiment, seeds, params_path, device, overwrite, sync_bn, graph, c
 @click.option("--views", default=10000, show_default=True, help="Augmented training views compared.")
 @click.option("--k", "ks", type=click.IntRange(min=1), multiple=True, default=(5, 10, 20), show_default=True,
               help="Top-k sizes to compare (repeatable).")
+@click.option("--bits", "bits", type=click.Choice([str(b) for b in TAIL_BITS]), multiple=True, default=("0", "4"),
+              show_default=True, help="Tail codings to compare (cache_tail_bits; 0: the tail model; repeatable).")
 @click.option("--out", type=click.Path(dir_okay=False), help="Also write the result as JSON here.")
-def bench_compact(data_path, teacher, student, views, ks, out):
+def bench_compact(data_path, teacher, student, views, ks, bits, out):
     """How far the KD loss and its gradient from compact cache rows (cache_topk: each row's
-    top-k and a tail model) are from the full logits', on real views, at the paper's temperatures
-    (see BENCHMARKS.md)."""
+    top-k and a tail model, or with cache_tail_bits every logit coded) are from the full logits',
+    on real views, at the paper's temperatures (see BENCHMARKS.md)."""
     import json
     from . import bench as b, data
-    result = b.compact_errors(data.load(data_path), teacher, student, views, ks)
+    result = b.compact_errors(data.load(data_path), teacher, student, views, ks, bits=tuple(int(x) for x in bits))
     click.echo(f"{result['dataset']}, {result['num_classes']} classes, {result['views']} views; teacher top-1 prob "
                f"{result['teacher_top1_prob_mean']:.3f}, mass beyond its top 10 {result['teacher_mass_beyond_top10_mean']:.3f}")
-    click.echo("| T | k | bytes/row (full) | KD loss rel. error median / max | gradient rel. error median / max |")
-    click.echo("|---|---|---|---|---|")
+    click.echo("| T | k | tail bits | bytes/row (full) | KD loss rel. error median / max | gradient rel. error median / max |")
+    click.echo("|---|---|---|---|---|---|")
     for r in result["rows"]:
-        click.echo(f"| {r['T']} | {r['k']} | {r['bytes_per_row']} ({r['full_bytes_per_row']}) | "
+        click.echo(f"| {r['T']} | {r['k']} | {r['bits']} | {r['bytes_per_row']} ({r['full_bytes_per_row']}) | "
                    f"{r['loss_rel_err_median']:.2e} / {r['loss_rel_err_max']:.2e} | "
                    f"{r['grad_rel_err_median']:.2e} / {r['grad_rel_err_max']:.2e} |")
     if out:

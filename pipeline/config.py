@@ -61,8 +61,9 @@ RESERVED_NAMES = ("results",)
 NOT_IN_IDENTITY = ("note",)      # documentation only: editing it leaves a finished run finished
 # Settings added after results version 2 enter a run's identity only when set to other than this
 # default, so that runs finished before they existed stay finished.
-SINCE_V2 = {"cache_topk": 0}
+SINCE_V2 = {"cache_topk": 0, "cache_tail_bits": 0}
 POLICIES = ("clean", "replay")
+TAIL_BITS = (0, 1, 2, 4, 8)  # cache_tail_bits: 0, the tail model; else whole codes to a byte (compact.py)
 
 
 @dataclass
@@ -95,6 +96,7 @@ class RunConfig:
     teacher_checkpoint: str = "final"  # final | best | a name in `checkpoints` | an epoch number | a file
     cache_policy: str = "replay"   # clean | replay
     cache_topk: int = 0            # > 0: the cache keeps each row's top-k and a tail model (compact.py)
+    cache_tail_bits: int = 0       # > 0 (1, 2, 4, 8): with cache_topk, every logit coded to this many bits
     eval_batch_size: int = 1000
     note: str = ""                 # why an entry differs from the reference config (documentation)
 
@@ -172,6 +174,8 @@ class RunConfig:
             (all(int(e) >= 1 for e in self.checkpoints.values()), "checkpoints", "epochs must be >= 1"),
             (self.eval_batch_size >= 1, "eval_batch_size", "must be >= 1"),
             (self.cache_topk >= 0, "cache_topk", "must be >= 0 (0: full rows)"),
+            (self.cache_tail_bits in TAIL_BITS and (self.cache_topk or not self.cache_tail_bits),
+             "cache_tail_bits", "must be 1, 2, 4 or 8 with cache_topk > 0, or 0 (the tail model)"),
         ]
         for ok, key, why in checks:
             if not ok:

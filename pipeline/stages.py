@@ -68,7 +68,7 @@ def run_experiment(params, name, seeds, device, overwrite=False, log=print, sync
             streamed = getattr(ddata, "streamed", False)  # then each rank reads its rows, step by step
             rows, attrs = cache.load(path, ddata.data, cfg.cache_policy, cfg.run_key, cfg.epochs, cfg.aug_spec,
                                      teacher_attrs(ckpt_path, tcfg, ddata.data, bool(cfg.teacher_file)), cfg.cache_topk,
-                                     fix=f"rerun tfkd cache {name}", resident=not streamed)
+                                     cfg.cache_tail_bits, fix=f"rerun tfkd cache {name}", resident=not streamed)
             teacher = (cache.StreamTeacher if streamed else cache.CacheTeacher)(rows, device, cfg.temperature)
             upstream = {"teacher_checkpoint": attrs["checkpoint_sha256"]}  # a retrained teacher: redo
         results.append(fit(cfg, ddata, run_dir(name, seed), device, teacher, overwrite, log,
@@ -118,7 +118,8 @@ def make_cache(params, name, seeds, device, log=print, graph=None, compile=None,
                             f"tfkd train {cfg.teacher} --overwrite")
         out = cache_path(name, seed)
         want = cache.expected(data, cfg.cache_policy, cfg.run_key, cfg.epochs, cfg.aug_spec,
-                              teacher_attrs(ckpt_path, tcfg, data, bool(cfg.teacher_file)), cfg.cache_topk)
+                              teacher_attrs(ckpt_path, tcfg, data, bool(cfg.teacher_file)), cfg.cache_topk,
+                              cfg.cache_tail_bits)
 
         def fresh():
             try:
@@ -131,10 +132,13 @@ def make_cache(params, name, seeds, device, log=print, graph=None, compile=None,
         else:
             attrs = describe_teacher(model.to(device), ddata, ckpt_path, ckpt, tcfg.model, tcfg.width,
                                      str(cfg.teacher_checkpoint), seed, cfg.to_dict(), cfg.eval_batch_size)
+            form = (f", compact top-{cfg.cache_topk}" if cfg.cache_topk else "") + \
+                (f", tail coded to {cfg.cache_tail_bits} bits" if cfg.cache_tail_bits else "")
             log(f"[{name} s{seed}] caching {tcfg.model} ({ckpt_path}, test {attrs['teacher_test_acc']:.2f}%) "
-                f"-> {out} [{cfg.cache_policy}{f', compact top-{cfg.cache_topk}' if cfg.cache_topk else ''}]")
+                f"-> {out} [{cfg.cache_policy}{form}]")
             cache.write(out, model, ddata, cfg.cache_policy, attrs, cfg.run_key, cfg.epochs, cfg.aug_spec, log=log,
-                        graph=graph, compile=compile, compact_k=cfg.cache_topk)
+                        graph=graph, compile=compile, compact_k=cfg.cache_topk,
+                        compact_bits=cfg.cache_tail_bits)
         paths.append(out)
     return paths
 

@@ -24,8 +24,8 @@ RESULTS_GLOBS = ("pipeline/models/*.py", "pipeline/losses.py", "pipeline/augment
                  "pipeline/compact.py")
 RESULTS_FILES = {
     'pipeline/augment.py': '27da7c0915e2',
-    'pipeline/cache.py': 'd87265451eca',
-    'pipeline/compact.py': '21326fbb886a',
+    'pipeline/cache.py': 'd960cef1bd2a',
+    'pipeline/compact.py': '3228770c717a',
     'pipeline/imagefolder.py': '26a9a8474683',
     'pipeline/losses.py': '8a1ab74bea33',
     'pipeline/models/__init__.py': 'ddbf2e6d4c0d',

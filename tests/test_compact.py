@@ -141,6 +141,44 @@ def test_int16_classes_and_any_leading_shape():
     assert compress(torch.randn(2, 40000), 4).index.dtype == torch.int32
 
 
+@pytest.mark.parametrize("bits", [1, 2, 4, 8])
+def test_a_coded_tail_rebuilds_every_logit_to_half_a_step_the_same_at_every_t(bits):
+    z, k = peaky(64, 37), 5  # 37 classes: the last byte of codes is part-filled unless bits = 8
+    c = compress(z, k, bits=bits)
+    shifted = z - z.amax(1, keepdim=True)
+    tail = torch.ones_like(z, dtype=torch.bool).scatter_(1, c.index.long(), False)
+    lo, hi = shifted.masked_fill(~tail, float("inf")).amin(1), shifted.masked_fill(~tail, -float("inf")).amax(1)
+    assert torch.equal(c.tail, torch.stack([lo, hi], 1))
+    assert c.codes.dtype == torch.uint8 and c.codes.shape == (64, -(-37 * bits // 8))
+    assert compact.row_bytes(k, 37, bits) == sum(t[0].numel() * t.element_size() for t in c.tensors)
+    rebuilt = rebuild_logits(c, 1.0)
+    step = ((hi - lo) / (1 << bits))[:, None]
+    assert torch.all(((rebuilt - shifted).abs() <= step / 2 + 1e-5) | ~tail)
+    assert torch.equal(rebuilt.gather(1, c.index.long()), shifted.gather(1, c.index.long()).half().float())
+    assert torch.equal(rebuild_logits(c, 20.0), rebuilt)
+    # the codes hold the tail's order: more bits, a closer rebuild
+    if bits < 8:
+        finer = rebuild_logits(compress(z, k, bits=2 * bits), 1.0)
+        assert ((finer - shifted)[tail]).abs().mean() < ((rebuilt - shifted)[tail]).abs().mean() / 1.5
+
+
+@pytest.mark.parametrize("t", [4, 20])
+def test_a_coded_tail_keeps_the_high_t_gradient_the_tail_model_loses(t):
+    z = peaky()
+    objective = kd(100, 1.0, t)
+    exact, model, coded = [_loss_and_grad(objective, student_of(z), z.argmax(1), teacher)
+                           for teacher in (z, rebuild_logits(compress(z, 10), t),
+                                           rebuild_logits(compress(z, 10, bits=8), t))]
+    err = [(g - exact[1]).norm() / exact[1].norm() for _, g in (model, coded)]
+    assert err[1] < 0.01 and err[0] > 0.2, err
+    assert abs(coded[0] - exact[0]) / exact[0] < 1e-3
+
+
+def test_a_coded_tail_needs_whole_codes_to_a_byte():
+    with pytest.raises(ValueError, match="bits = 3"):
+        compress(peaky(4), 5, bits=3)
+
+
 def test_bench_compact_measures_no_error_at_k_equal_to_the_classes(project):
     """tfkd bench-compact on the embedded subset's real images: at k = K the rebuilt rows are the
     logits (to fp16), so loss and gradient errors vanish; at k = 2 they do not."""
@@ -163,3 +201,13 @@ def test_bench_compact_measures_no_error_at_k_equal_to_the_classes(project):
         exact, coarse = rows[(t, ds.num_classes)], rows[(t, 2)]
         assert exact["loss_rel_err_max"] < 1e-2 and exact["grad_rel_err_max"] < 2e-2, exact
         assert coarse["grad_rel_err_median"] > 10 * exact["grad_rel_err_median"], (coarse, exact)
+
+
+@pytest.mark.parametrize("topk, bits", [(5, 3), (0, 4)])
+def test_params_refuse_a_tail_coding_that_is_not_whole_codes_to_a_byte_or_has_no_top_k(topk, bits):
+    from pipeline.errors import TfkdError
+    cfg = RunConfig(name="s", role="distill", model="resnet18", method="kd", teacher="t", cache_topk=topk,
+                    cache_tail_bits=bits)
+    with pytest.raises(TfkdError, match=rf"^params.yaml distill.s: cache_tail_bits = {bits} must be 1, 2, 4 or 8 "
+                                        r"with cache_topk > 0, or 0"):
+        cfg.validate()

@@ -45,6 +45,8 @@ distill:
                cache_policy: clean}
   self_compact: {model: tv_resnet18, dataset: folder, teacher: base_r18, alpha: 0.9, temperature: 4,
                  cache_policy: replay, cache_topk: 5}
+  self_coded: {model: tv_resnet18, dataset: folder, teacher: base_r18, alpha: 0.9, temperature: 4,
+               cache_policy: clean, cache_topk: 5, cache_tail_bits: 4}
 """
 CHANCE = 100 / 20
 
@@ -64,7 +66,8 @@ def streamed(tmp_path_factory):
         mp.chdir(root)
         ok(*tfkd("prepare"))  # the profile's source, indexed (not copied)
         for stage, name in (("train", "base_r18"), ("cache", "self_clean"), ("cache", "self_compact"),
-                            ("distill", "self_clean"), ("distill", "self_compact")):
+                            ("cache", "self_coded"), ("distill", "self_clean"), ("distill", "self_compact"),
+                            ("distill", "self_coded")):
             ok(*tfkd(stage, name))
     return root
 
@@ -87,7 +90,7 @@ def test_a_streamed_run_learns_and_its_students_finish(streamed):
     assert index["train"]["count"] == 200 and not list((streamed / "data/prepared").glob("*.npz"))
     base = metrics(streamed, "base_r18")
     assert base["best_top1"] >= 2 * CHANCE, base  # 64 px photographs, 3 epochs: it learns
-    for name in ("self_clean", "self_compact"):
+    for name in ("self_clean", "self_compact", "self_coded"):
         m = metrics(streamed, name)
         assert m["epochs"] == 3 and m["final_top1"] > 0 and m["dataset"] == "folder", m
     assert metrics(streamed, "self_compact")["params"]["cache_topk"] == 5
@@ -159,17 +162,39 @@ def test_a_compact_cache_is_refused_for_full_rows_and_reads_match_the_whole_tabl
     assert torch.equal(teacher.logits(2, index), compact.rebuild_logits(got, cfg.temperature))
 
 
+def test_a_coded_cache_holds_the_clean_caches_logits_coded_and_is_refused_for_another_coding(streamed, monkeypatch):
+    """The same teacher on the same clean views: the coded cache is exactly the full cache's float16
+    rows through compact.compress; a run wanting another cache_tail_bits is refused in one line."""
+    monkeypatch.chdir(streamed)
+    cfg = Params.load().config("self_coded", 1)
+    data = imagefolder.FolderData(imagefolder.load_index("data/prepared/folder.index.json"), "folder",
+                                  torch.device("cpu"), cfg.aug_spec).data
+    full = cache.load("cache/self_clean/s1.h5", data, "clean")[0]
+    coded = cache.load("cache/self_coded/s1.h5", data, "clean", compact_k=5, compact_bits=4)[0]
+    want = compact.compress(full, 5, bits=4)
+    assert coded.bits == 4 and all(torch.equal(a, b) for a, b in zip(coded.tensors, want.tensors))
+    rows = cache.load("cache/self_coded/s1.h5", data, "clean", compact_k=5, compact_bits=4, resident=False)[0]
+    index = torch.tensor([5, 199, 5, 0])
+    streamed_logits = cache.StreamTeacher(rows, torch.device("cpu"), 4.0).logits(0, index)
+    assert torch.equal(streamed_logits, cache.CacheTeacher(coded, torch.device("cpu"), 4.0).logits(0, index))
+    assert torch.equal(streamed_logits, compact.rebuild_logits(want.map(lambda t: t[index]), 4.0))
+    with pytest.raises(cache.TfkdError, match="with cache_tail_bits 4, the run wants 0; rerun"):
+        cache.load("cache/self_coded/s1.h5", data, "clean", compact_k=5)
+
+
 def test_the_profiles_select_their_datasets_entries(streamed, monkeypatch):
     monkeypatch.chdir(streamed)
     p = Params.load()
-    assert [n for n in p.experiments() if p.selected(n)] == ["base_r18", "self_clean", "self_compact"]
+    assert [n for n in p.experiments() if p.selected(n)] == ["base_r18", "self_clean", "self_compact", "self_coded"]
     cifar = Params(dict(p.raw, profile="cifar"))
     assert [n for n in cifar.experiments() if cifar.selected(n)] == ["base_cifar"]
     cfg = p.config("base_r18", 1)
     assert (cfg.batch_size, cfg.lr, cfg.epochs, cfg.aug_spec.size) == (32, 0.05, 3, 48)  # the profile's defaults
-    # cache_topk enters a run's identity only when set: runs made before it existed stay finished
+    # cache_topk (and cache_tail_bits) enter a run's identity only when set: runs made before it existed stay finished
     assert "cache_topk" not in cfg.run_identity("f")["settings"]
     assert p.config("self_compact", 1).run_identity("f")["settings"]["cache_topk"] == 5
+    assert "cache_tail_bits" not in p.config("self_compact", 1).run_identity("f")["settings"]  # so for it too
+    assert p.config("self_coded", 1).run_identity("f")["settings"]["cache_tail_bits"] == 4
     code, out = tfkd("train", "base_cifar", "--params", "params.yaml")
     assert code == 0 and "skipped: not in profile 'folder'" in out, out
 
@@ -242,8 +267,8 @@ def _bytes_read():
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/io"), reason="counts read() bytes through Linux's /proc")
-@pytest.mark.parametrize("k", [0, 10])
-def test_a_read_of_8_rows_reads_a_small_part_of_the_cache_file(tmp_path, k):
+@pytest.mark.parametrize("k, bits", [(0, 0), (10, 0), (10, 4)])
+def test_a_read_of_8_rows_reads_a_small_part_of_the_cache_file(tmp_path, k, bits):
     """The kernel counts every byte this process reads, however warm the page cache: reading 8
     scattered rows of a cache (the file opened too) reads about 8 chunks of each dataset, a small
     part of the file."""
@@ -253,12 +278,13 @@ def test_a_read_of_8_rows_reads_a_small_part_of_the_cache_file(tmp_path, k):
     ds = datasets.build("syn", synthetic(n_train=60000, n_test=10, k=100, shape=(2, 2, 3)))
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 100))
     path = str(tmp_path / "c.h5")
-    cache.write(path, model, DeviceData(ds, torch.device("cpu")), "clean", {}, compact_k=k, log=lambda *a: None)
-    rows, _ = cache.load(path, ds, "clean", compact_k=k, resident=False)  # (it checks all labels once)
+    cache.write(path, model, DeviceData(ds, torch.device("cpu")), "clean", {}, compact_k=k, compact_bits=bits,
+                log=lambda *a: None)
+    rows, _ = cache.load(path, ds, "clean", compact_k=k, compact_bits=bits, resident=False)  # (it checks all labels once)
     before = _bytes_read()
     got = rows.read(torch.tensor([59999, 3, 7000, 32000, 15, 46000, 8000, 4]))
     read = _bytes_read() - before
-    parts = 1 if k == 0 else 3
+    parts = 1 if k == 0 else len(compact.parts(bits))
     assert read < 8 * parts * cache.CHUNK_BYTES + (1 << 20) and read < os.path.getsize(path) / 10, read
     with torch.no_grad():
         want = model(torch.from_numpy(ds.x_train[[59999, 3]]).permute(0, 3, 1, 2).float().div(255)
