@@ -369,6 +369,17 @@ class Params:
         return p
 
     def validate(self):
+        """Refuse the first bad entry in one line. The checks below say "params.yaml"; a --params
+        file of another name is named instead, so the user edits the file that was read."""
+        try:
+            self._validate()
+        except TfkdError as e:
+            msg = str(e)
+            if self.path != "params.yaml" and msg.startswith("params.yaml"):
+                raise TfkdError(str(self.path) + msg[len("params.yaml"):]) from None
+            raise
+
+    def _validate(self):
         r = self.raw
         _check_keys(r, TOP_KEYS, "top level")
         for name, prof in (r.get("profiles") or {}).items():

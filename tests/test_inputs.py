@@ -152,6 +152,14 @@ def test_a_wrong_type_names_the_full_key(tiny, old, new, needle):
     assert not os.path.exists("runs")
 
 
+def test_a_bad_entry_names_the_params_file_that_was_read(tiny):
+    edit_params("{model: resnet18}", '{model: resnet18, epochs: "ten"}')
+    os.rename("params.yaml", "sweep.yaml")
+    msg = one_line_error(*tfkd("train", "base_resnet18", "--params", "sweep.yaml"),
+                         'sweep.yaml train.base_resnet18.epochs: "ten" is not an integer')
+    assert "params.yaml" not in msg
+
+
 def test_1e_minus_3_is_a_number(tiny):
     edit_params("{model: resnet18}", "{model: resnet18, lr: 1e-3, weight_decay: 5E-4, momentum: 9e-1}")
     cfg = Params.load("params.yaml").config("base_resnet18", 230)
